@@ -1,0 +1,196 @@
+"""``fmssl-bench``: run, list, leaderboard, check-data, bench.
+
+``fmssl-bench --method M --dataset D ...`` (no subcommand) means ``run``: that is how the
+container is called. ``fmssl-bench run`` with neither method nor dataset runs the synthetic demo
+(supervised vs mean_teacher) and prints its leaderboard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import FmsslError
+
+SUBCOMMANDS = ("run", "list", "leaderboard", "check-data", "bench")
+DEMO = {"dataset": "synthetic-2d", "methods": ("supervised", "mean_teacher"), "labeled": "4", "seed": 0}
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", help="method name (see `fmssl-bench list methods`)")
+    p.add_argument("--dataset", help="dataset name (see `fmssl-bench list datasets`)")
+    p.add_argument("--labeled", default=None, help="label budget: a count (4), a percentage (10%%) or 'all' (default: 10%%)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--protocol", help="protocol name or YAML path (default: the dataset's paper protocol)")
+    p.add_argument("--data-root", help="dataset folder (default: $FMSSL_DATA/<dataset folder>)")
+    p.add_argument("--out", help="results root (default: $FMSSL_RESULTS or ./runs)")
+    p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE", help="override a method hyper-parameter")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE", help="adapter option (e.g. spacing=0.625)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--iterations", type=int, help="override the protocol's iteration count (recorded; for quick checks)")
+    p.add_argument("--force", action="store_true", help="recompute even if a complete record exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--leaderboard-dir", default=None, help="where to write leaderboard files (default: <out>/leaderboards)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fmssl-bench",
+        description="Benchmark semi-supervised (foundation-model-assisted) medical image segmentation methods.",
+        epilog="Without a subcommand, `fmssl-bench --method M --dataset D ...` means `fmssl-bench run ...`.",
+    )
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="train + evaluate one method (no flags: synthetic demo)")
+    _add_run_args(run)
+    ls = sub.add_parser("list", help="list methods, datasets, protocols or generalists")
+    ls.add_argument("what", choices=["methods", "datasets", "protocols", "generalists"])
+    lb = sub.add_parser("leaderboard", help="aggregate run records into leaderboard tables")
+    lb.add_argument("--dataset")
+    lb.add_argument("--format", choices=["md", "csv", "html"], default="md")
+    lb.add_argument("--runs", help="results root (default: $FMSSL_RESULTS or ./runs)")
+    lb.add_argument("--write", default="leaderboards", help="folder for the md/csv/html files ('' to skip)")
+    cd = sub.add_parser("check-data", help="verify a dataset folder and report every problem")
+    cd.add_argument("--dataset", required=True)
+    cd.add_argument("--data-root")
+    cd.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
+    bench = sub.add_parser("bench", help="micro-benchmarks (metrics)")
+    bench_sub = bench.add_subparsers(dest="bench_what", required=True)
+    try:  # TEMP-GUARD
+        from . import bench_metrics
+        bench_metrics.add_arguments(bench_sub.add_parser("metrics", help="fmssl-bench metrics vs medpy on LA test volumes"))
+    except ImportError:
+        pass
+    return parser
+
+
+def _normalise_argv(argv: list[str]) -> list[str]:
+    """The container form: no subcommand but run flags -> ``run``."""
+    if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help") and argv[0].startswith("--"):
+        return ["run", *argv]
+    return argv
+
+
+def _options(pairs: list[str]) -> dict:
+    from ..methods.registry import parse_method_args
+
+    return parse_method_args(pairs)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .leaderboard import aggregate, find_summaries, render, write_leaderboards
+    from .runner import RunSpec, run
+
+    out = Path(args.out) if args.out else None
+    if not args.method and not args.dataset:
+        specs = [RunSpec(method=m, dataset=DEMO["dataset"], labeled=args.labeled or DEMO["labeled"], seed=args.seed,
+                         protocol=args.protocol, out=args.out, device=args.device, force=args.force,
+                         iterations=args.iterations, progress=not args.no_progress) for m in DEMO["methods"]]
+        print(f"fmssl-bench demo: {', '.join(DEMO['methods'])} on {DEMO['dataset']} with {specs[0].labeled} labeled cases")
+    elif not (args.method and args.dataset):
+        raise FmsslError("run: give both --method and --dataset (or neither, for the synthetic demo)")
+    else:
+        specs = [RunSpec(method=args.method, dataset=args.dataset, labeled=args.labeled or "10%", seed=args.seed,
+                         protocol=args.protocol, data_root=args.data_root, out=args.out,
+                         method_args=_options(args.method_arg), dataset_options=_options(args.dataset_option),
+                         device=args.device, force=args.force, iterations=args.iterations, progress=not args.no_progress)]
+    summaries = []
+    for spec in specs:
+        summary = run(spec)
+        mean = summary["classes"]["mean"]
+        print(f"{spec.method} on {spec.dataset} ({spec.labeled} labeled, seed {spec.seed}): "
+              f"Dice {100 * mean['dice']['mean']:.2f}%  HD95 {mean['hd95']['mean']:.2f}  -> {summary.get('record', '')}")
+        summaries.append(summary)
+    from .. import paths
+
+    root = out or paths.results_root()
+    keys = {(s["dataset"], s["protocol"]) for s in summaries}
+    table = [r for r in aggregate(find_summaries(root)) if (r["dataset"], r["protocol"]) in keys]
+    print()
+    print(render(table, "md"))
+    lb_dir = Path(args.leaderboard_dir) if args.leaderboard_dir else root / "leaderboards"
+    for path in write_leaderboards(table, lb_dir, name=f"{specs[0].dataset}_{summaries[0]['protocol']}"):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "methods":
+        from ..methods.registry import describe_methods
+
+        items = describe_methods()
+    elif args.what == "datasets":
+        from ..datasets import dataset_class, dataset_names
+
+        items = {n: dataset_class(n).description for n in dataset_names()}
+    elif args.what == "generalists":
+        from ..foundation import describe_generalists
+
+        items = describe_generalists()
+    else:
+        from .protocol import load_protocol, protocol_names
+
+        items = {n: " ".join(load_protocol(n).description.split())[:110] for n in protocol_names()}
+    width = max(map(len, items)) if items else 0
+    for name, text in items.items():
+        print(f"{name:<{width}}  {text}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from .. import paths
+    from .leaderboard import aggregate, find_summaries, render, write_leaderboards
+
+    root = Path(args.runs) if args.runs else paths.results_root()
+    if not root.is_dir():
+        raise FmsslError(f"--runs {root}: no such folder; run something first or point --runs at a results root")
+    table = aggregate(find_summaries(root), dataset=args.dataset)
+    print(render(table, args.format), end="")
+    if args.write:
+        for path in write_leaderboards(table, Path(args.write), name=args.dataset or "all"):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from ..datasets import build_dataset
+    from .runner import resolve_data_root
+
+    adapter = build_dataset(args.dataset, resolve_data_root(args.dataset, args.data_root), **_options(args.dataset_option))
+    problems = adapter.check()
+    n = len(adapter.case_ids())
+    if problems:
+        for problem in problems:
+            print(f"PROBLEM {problem}")
+        print(f"{args.dataset}: {len(problems)} problem(s) in {n} cases")
+        return 1
+    print(f"{args.dataset}: {n} cases OK ({adapter.root})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    handlers = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "check-data": cmd_check_data}
+    try:
+        if args.command == "bench":
+            from . import bench_metrics
+
+            return bench_metrics.run(args)
+        return handlers[args.command](args)
+    except FmsslError as err:
+        print(f"fmssl-bench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fmssl-bench: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Data views: where label leakage is made impossible, once, for every method.
+
+- :class:`LabeledView` holds images and labels of the labeled budget;
+- :class:`UnlabeledView` holds *images only*. It is filled through the adapter's image reader;
+  no label is read from disk for those cases, so a method cannot use them even by accident, and
+  unlabeled cases need no label file at all;
+- :class:`TestView` is held by the runner/evaluator alone and is never passed to a method.
+
+2D protocols train at a fixed resolution (``protocol.resize``): labeled and unlabeled images are
+resized here once; the test view keeps original images so scores are computed at full size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..datasets.base import Case, DatasetAdapter
+from ..errors import DataError
+
+
+def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Bilinear (area when shrinking) resize of a (C, H, W) image."""
+    if tuple(image.shape[1:]) == tuple(size):
+        return image
+    t = torch.from_numpy(image)[None]
+    mode = "area" if all(s <= o for s, o in zip(size, image.shape[1:])) else "bilinear"
+    out = F.interpolate(t, size=tuple(size), mode=mode, **({} if mode == "area" else {"align_corners": False}))
+    return out[0].numpy()
+
+
+def resize_label(label: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour resize of an integer label map."""
+    if tuple(label.shape) == tuple(size):
+        return label
+    t = torch.from_numpy(label.astype(np.float32))[None, None]
+    return F.interpolate(t, size=tuple(size), mode="nearest-exact")[0, 0].numpy().astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class LabeledView:
+    ids: list[str]
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class UnlabeledView:
+    """Images of unlabeled cases; there is deliberately no label attribute."""
+
+    ids: list[str]
+    images: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class TestView:
+    """Test cases at original resolution; only the runner and the evaluator hold one.
+
+    ``preload=True`` reads and validates every case up front, so bad test data fails the run
+    before anything is trained or written.
+    """
+
+    def __init__(self, adapter: DatasetAdapter, ids: list[str], preload: bool = False) -> None:
+        self._adapter = adapter
+        self.ids = list(ids)
+        self._cases = [load_labeled_case(adapter, i, "test") for i in _progress(self.ids, "test")] if preload else None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[Case]:
+        if self._cases is not None:
+            yield from self._cases
+            return
+        for case_id in self.ids:
+            yield load_labeled_case(self._adapter, case_id, "test")
+
+
+def load_labeled_case(adapter: DatasetAdapter, case_id: str, role: str) -> Case:
+    case = adapter.load(case_id, with_label=True)
+    if case.label is None:
+        raise DataError(f"{adapter.label_file(case_id)}: case {case_id!r} is in the {role} set but has no label on disk")
+    return case
+
+
+def progress_bar(enabled: bool = True, iterable=None, **kwargs) -> tqdm:
+    """tqdm on a terminal; silent (``bar.disable``) when output goes to a file or pipe."""
+    return tqdm(iterable, disable=None if enabled else True, leave=False, dynamic_ncols=True, **kwargs)
+
+
+def _progress(ids: list[str], what: str) -> Iterator[str]:
+    return progress_bar(len(ids) >= 8, ids, desc=f"loading {what}", unit="case")
+
+
+def build_labeled_view(adapter: DatasetAdapter, ids: list[str], resize: Sequence[int] | None) -> LabeledView:
+    images, labels = [], []
+    for case_id in _progress(ids, "labeled"):
+        case = load_labeled_case(adapter, case_id, "labeled")
+        image, label = case.image, case.label
+        if resize is not None:
+            image, label = resize_image(image, resize), resize_label(label, resize)
+        images.append(image)
+        labels.append(label)
+    return LabeledView(list(ids), images, labels)
+
+
+def build_unlabeled_view(read_image: Callable[[str], np.ndarray], ids: list[str], resize: Sequence[int] | None) -> UnlabeledView:
+    """Built from an image reader alone: this function has no way to reach a label."""
+    images = []
+    for case_id in _progress(ids, "unlabeled"):
+        image = read_image(case_id)
+        images.append(resize_image(image, resize) if resize is not None else image)
+    return UnlabeledView(list(ids), images)

@@ -1,0 +1,66 @@
+"""Mean Teacher (Tarvainen & Valpola 2017) with UA-MT's hyper-parameters.
+
+Student and EMA teacher (alpha = min(1 - 1/(step+1), 0.99)); the teacher sees the unlabeled
+images with clamp(0.1 N(0,1), -0.2, 0.2) noise; consistency = softmax-MSE on the unlabeled part
+weighted by 0.1 * exp(-5 (1 - t/40)^2), t = iteration // iters_per_epoch (UA-MT: 150 iterations
+per "epoch", i.e. the ramp spans the 6000-iteration protocol; ``iters_per_epoch: auto`` keeps that
+ratio for shorter protocols: iterations / rampup_epochs). Supervised loss 0.5 * (CE + Dice).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Method, StepOutput
+from .ema import ema_update, make_teacher
+from .losses import softmax_mse, supervised_loss
+from .ramps import sigmoid_rampup
+from .registry import register_method
+
+
+class TeacherStudent(Method):
+    """Shared by Mean-Teacher-family methods: a student, an EMA teacher and the ramped weight."""
+
+    defaults = {"consistency": 0.1, "rampup_epochs": 40.0, "iters_per_epoch": "auto", "ema_decay": 0.99, "noise": 0.1, "noise_clip": 0.2}
+
+    def setup(self) -> None:
+        super().setup()
+        self.teacher = make_teacher(self.student)
+
+    def modules(self):
+        return {"student": self.student, "teacher": self.teacher}
+
+    def after_step(self, iteration: int) -> None:
+        ema_update(self.teacher, self.student, self.args["ema_decay"], iteration)
+
+    def epoch(self, iteration: int) -> int:
+        per = self.args["iters_per_epoch"]
+        if per == "auto":
+            per = max(1.0, self.ctx.protocol.train.iterations / self.args["rampup_epochs"])
+        return int(iteration // float(per))
+
+    def consistency_weight(self, iteration: int) -> float:
+        return self.args["consistency"] * sigmoid_rampup(self.epoch(iteration), self.args["rampup_epochs"])
+
+    def noisy(self, images: torch.Tensor) -> torch.Tensor:
+        noise = torch.clamp(torch.randn_like(images) * self.args["noise"], -self.args["noise_clip"], self.args["noise_clip"])
+        return images + noise
+
+    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.teacher(self.noisy(images))
+
+
+@register_method
+class MeanTeacher(TeacherStudent):
+    name = "mean_teacher"
+    description = "Mean Teacher, UA-MT hyper-parameters (EMA 0.99, softmax-MSE consistency ramped to 0.1)"
+
+    def training_step(self, batch, iteration: int) -> StepOutput:
+        n_l = batch.image_l.shape[0]
+        logits = self.student(batch.images)
+        loss_sup = supervised_loss(logits[:n_l], batch.label_l)
+        loss_cons = softmax_mse(logits[n_l:], self.teacher_logits(batch.image_u))
+        weight = self.consistency_weight(iteration)
+        loss = loss_sup + weight * loss_cons
+        return StepOutput(loss, {"loss_sup": float(loss_sup.detach()), "loss_cons": float(loss_cons.detach()), "w_cons": weight})
