@@ -27,7 +27,7 @@ def stride_to_overlap(patch: Sequence[int], stride: Sequence[int]) -> tuple[floa
     for p, s in zip(patch, stride):
         if not 0 < s <= p:
             raise ValueError(f"inference.stride {list(stride)} must be in 1..patch {list(patch)}")
-    return tuple(1.0 - (s + 0.5) / p for p, s in zip(patch, stride))
+    return tuple(0.0 if s == p else 1.0 - (s + 0.5) / p for p, s in zip(patch, stride))
 
 
 @torch.no_grad()

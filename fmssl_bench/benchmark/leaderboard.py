@@ -13,6 +13,7 @@ import csv
 import html
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,7 +25,7 @@ from .records import atomic_write_text
 
 PERCENT = {"dice", "jaccard", "sensitivity"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PAPER_DIR = REPO_ROOT / "leaderboards" / "paper"
+PAPER_DIR = Path(os.environ.get("FMSSL_PAPER_NUMBERS", REPO_ROOT / "leaderboards" / "paper"))
 
 # our method / dataset names -> how the seed papers print them (method, base)
 PAPER_METHODS: dict[str, list[tuple[str, str]]] = {

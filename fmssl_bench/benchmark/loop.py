@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +154,7 @@ class RunContext:
                 method.load_state(method_state)
         log_rows: list[dict[str, Any]] = []
         started = time.time()
-        bar = progress_bar(self.progress, total=total, initial=start, desc=f"{method.name}:{stage}", unit="it")
+        bar = progress_bar(self.progress, total=total, initial=start, desc=f"{method.name}:{stage}", unit="it", every=cfg.log_every)
         for it in range(start, total):
             lr = learning_rate(cfg, it, total)
             for group in optimizer.param_groups:
@@ -176,8 +175,6 @@ class RunContext:
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             done = it + 1
-            if self.progress and bar.disable and (done % cfg.log_every == 0 or done == total):
-                print(f"{method.name}:{stage} {done}/{total} loss {row['loss']:.4f}", file=sys.stderr, flush=True)
             if done % cfg.checkpoint_every == 0 or done == total:
                 self._save(ckpt_path, method, optimizer, done)
                 self._append_log(log_rows)

@@ -12,6 +12,7 @@ resized here once; the test view keeps original images so scores are computed at
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -93,13 +94,40 @@ def load_labeled_case(adapter: DatasetAdapter, case_id: str, role: str) -> Case:
     return case
 
 
-def progress_bar(enabled: bool = True, iterable=None, **kwargs) -> tqdm:
-    """tqdm on a terminal; silent (``bar.disable``) when output goes to a file or pipe."""
-    return tqdm(iterable, disable=None if enabled else True, leave=False, dynamic_ncols=True, **kwargs)
+class _LineProgress:
+    """What a pipe or log file gets instead of a bar: a plain line every ``every`` steps."""
+
+    def __init__(self, iterable=None, total=None, initial=0, desc="", every=1, **_):
+        self.iterable, self.desc, self.every = iterable, desc, max(1, every)
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.n, self.postfix = initial, ""
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        if self.n % self.every == 0 or self.n == self.total:
+            print(f"{self.desc} {self.n}/{self.total} {self.postfix}".rstrip(), file=sys.stderr, flush=True)
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(enabled: bool = True, iterable=None, every: int = 1, **kwargs):
+    """A tqdm bar on a terminal, periodic plain lines in logs, nothing when ``enabled`` is False."""
+    if enabled and not sys.stderr.isatty():
+        return _LineProgress(iterable, every=every, **kwargs)
+    return tqdm(iterable, disable=not enabled, leave=False, dynamic_ncols=True, **kwargs)
 
 
 def _progress(ids: list[str], what: str) -> Iterator[str]:
-    return progress_bar(len(ids) >= 8, ids, desc=f"loading {what}", unit="case")
+    return progress_bar(len(ids) >= 8, ids, desc=f"loading {what}", unit="case", every=max(1, len(ids) // 4))
 
 
 def build_labeled_view(adapter: DatasetAdapter, ids: list[str], resize: Sequence[int] | None) -> LabeledView:

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny protocols, real-data locations (skip with a reason when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fmssl_bench.benchmark.protocol import PROTOCOL_DIR
+
+
+def _deep_update(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = _deep_update(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+@pytest.fixture
+def make_protocol(tmp_path: Path):
+    """Write a protocol YAML derived from a packaged one with overrides; returns its path."""
+
+    def make(base: str, name: str | None = None, **overrides: Any) -> str:
+        data = yaml.safe_load((PROTOCOL_DIR / f"{base}.yaml").read_text())
+        data = _deep_update(data, overrides)
+        data["name"] = name or f"{base}-test"
+        path = tmp_path / f"{data['name']}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return str(path)
+
+    return make
+
+
+def _shared_path(env: str, sub: str) -> Path | None:
+    root = os.environ.get(env)
+    if not root:
+        return None
+    path = Path(root) / sub
+    return path if path.exists() else None
+
+
+@pytest.fixture(scope="session")
+def la_root() -> Path:
+    path = _shared_path("FMSSL_DATA", "LA")
+    if path is None:
+        pytest.skip("real LA data not found: set FMSSL_DATA to a folder holding LA/ (CI uses ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def kvasir_root() -> Path:
+    path = _shared_path("FMSSL_DATA", "Kvasir-SEG")
+    if path is None:
+        pytest.skip("real Kvasir-SEG data not found: set FMSSL_DATA to a folder holding Kvasir-SEG/ (CI uses ../shared/data)")
+    return path
+
+
+@pytest.fixture
+def results(tmp_path: Path, monkeypatch) -> Path:
+    out = tmp_path / "runs"
+    monkeypatch.setenv("FMSSL_RESULTS", str(out))
+    return out

@@ -1,0 +1,41 @@
+"""Builders of small on-disk data sets in the real formats (UA-MT h5 layout, image/mask folders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+from PIL import Image
+
+from fmssl_bench.datasets.synthetic import synthetic_case
+
+
+def make_la(root: Path, n_train: int = 6, n_test: int = 2, shape=(40, 36, 24), unlabeled_without_label: int = 0) -> Path:
+    """A tiny data set in the exact UA-MT LA layout (blob volumes, labels 0/1)."""
+    ids = [f"CASE{i:03d}" for i in range(n_train + n_test)]
+    for k, case_id in enumerate(ids):
+        image, label = synthetic_case(shape, seed=3, index=k)
+        folder = root / "2018LA_Seg_Training Set" / case_id
+        folder.mkdir(parents=True, exist_ok=True)
+        with h5py.File(folder / "mri_norm2.h5", "w") as f:
+            f["image"] = image[0]
+            skip = n_train - unlabeled_without_label <= k < n_train
+            if not skip:
+                f["label"] = (label > 0).astype(np.uint8)
+    (root / "train.list").write_text("\n".join(ids[:n_train]) + "\n")
+    (root / "test.list").write_text("\n".join(ids[n_train:]) + "\n")
+    return root
+
+
+def make_folder2d(root: Path, n: int = 24, without_mask: int = 0, shape=(48, 56)) -> Path:
+    """images/ + masks/ PNGs; the last ``without_mask`` images have no mask (unlabeled-only cases)."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        image, label = synthetic_case(shape, seed=5, index=k)
+        gray = np.clip((image[0] - image.min()) / (np.ptp(image) + 1e-6) * 255, 0, 255).astype(np.uint8)
+        Image.fromarray(np.stack([gray] * 3, -1)).save(root / "images" / f"img{k:03d}.png")
+        if k < n - without_mask:
+            Image.fromarray(((label > 0) * 255).astype(np.uint8)).save(root / "masks" / f"img{k:03d}.png")
+    return root
