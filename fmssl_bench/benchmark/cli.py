@@ -15,7 +15,7 @@ from typing import Sequence
 
 from ..errors import FmsslError
 
-SUBCOMMANDS = ("run", "list", "leaderboard", "check-data", "bench")
+SUBCOMMANDS = ("run", "list", "leaderboard", "check-data", "bench", "oracle")
 DEMO = {"dataset": "synthetic-2d", "methods": ("supervised", "mean_teacher"), "labeled": "4", "seed": 0}
 
 
@@ -34,6 +34,24 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="recompute even if a complete record exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--leaderboard-dir", default=None, help="where to write leaderboard files (default: <out>/leaderboards)")
+
+
+def _add_oracle_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--generalist", required=True, help="foundation model (see `fmssl-bench list generalists`)")
+    p.add_argument("--dataset", required=True, help="dataset name (see `fmssl-bench list datasets`)")
+    p.add_argument("--data-root", help="dataset folder (default: $FMSSL_DATA/<dataset folder>)")
+    p.add_argument("--prompt", choices=["box", "points"], default="box",
+                   help="box: one box per reference component; points: N positive clicks (default box)")
+    p.add_argument("--points", type=int, default=1, help="clicks per object with --prompt points (default 1)")
+    p.add_argument("--protocol", help="protocol name or YAML path; decides the metric definitions (default: the dataset's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the point sampling (default 0)")
+    p.add_argument("--out", help="results root (default: $FMSSL_RESULTS or ./runs)")
+    p.add_argument("--fm-checkpoint", help="generalist checkpoint file (default: bundled or $FMSSL_WEIGHTS)")
+    p.add_argument("--max-cases", type=int, help="only the first N test cases (recorded; for quick checks)")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE", help="adapter option")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--force", action="store_true", help="recompute even if a complete record exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,13 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--dataset", required=True)
     cd.add_argument("--data-root")
     cd.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
+    _add_oracle_args(sub.add_parser("oracle", help="zero-shot foundation model with prompts from the test labels (oracle)"))
     bench = sub.add_parser("bench", help="micro-benchmarks (metrics)")
     bench_sub = bench.add_subparsers(dest="bench_what", required=True)
-    try:  # TEMP-GUARD
-        from . import bench_metrics
-        bench_metrics.add_arguments(bench_sub.add_parser("metrics", help="fmssl-bench metrics vs medpy on LA test volumes"))
-    except ImportError:
-        pass
+    from . import bench_metrics
+
+    bench_metrics.add_arguments(bench_sub.add_parser("metrics", help="fmssl-bench metrics vs medpy on LA test volumes"))
     return parser
 
 
@@ -170,6 +187,23 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_oracle(args: argparse.Namespace) -> int:
+    from .. import paths
+    from .leaderboard import aggregate, find_summaries, render
+    from .oracle import run_oracle
+
+    summary = run_oracle(args.generalist, args.dataset, args.data_root, prompt=args.prompt, n_points=args.points,
+                         protocol=args.protocol, out=args.out, checkpoint=args.fm_checkpoint, max_cases=args.max_cases,
+                         seed=args.seed, force=args.force, progress=not args.no_progress, device=args.device,
+                         dataset_options=_options(args.dataset_option))
+    mean = summary["classes"]["mean"]
+    print(f"sam_zero_shot [oracle] {summary['labeled']} on {args.dataset} ({summary['n_test']} test cases): "
+          f"Dice {100 * mean['dice']['mean']:.2f}%  HD95 {mean['hd95']['mean']:.2f}  -> {summary.get('record', '')}")
+    print()
+    print(render(aggregate(find_summaries(Path(args.out) if args.out else paths.results_root()), dataset=args.dataset), "md"))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
@@ -177,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     args = parser.parse_args(argv)
-    handlers = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "check-data": cmd_check_data}
+    handlers = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "check-data": cmd_check_data,
+                "oracle": cmd_oracle}
     try:
         if args.command == "bench":
             from . import bench_metrics
