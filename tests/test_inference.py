@@ -79,3 +79,20 @@ def test_largest_component_keeps_biggest_blob_per_class():
     pred[5:7, 12:14] = 2
     out = largest_component(pred)
     assert out[1, 1] == 0 and out[12, 12] == 1 and out[5, 12] == 2
+
+
+def test_augment_transform_replays_and_inverts():
+    from fmssl_bench.benchmark.augment import augment
+
+    rng_image = np.random.default_rng(0)
+    for shape, patch in (((30, 26, 12), (16, 16, 16)), ((20, 20), (24, 24)), ((40, 33), (16, 16))):
+        image = rng_image.normal(size=(1, *shape)).astype(np.float32)
+        label = (rng_image.random(shape) > 0.5).astype(np.uint8)
+        for seed in range(6):
+            out, lab, t = augment(image, label, ("rot_flip", "random_crop"), patch, np.random.default_rng(seed))
+            np.testing.assert_array_equal(t.apply(image), out)
+            np.testing.assert_array_equal(t.apply(label), lab)
+            back = t.invert(out)
+            covered = ~np.isnan(back)
+            assert covered.any()
+            np.testing.assert_array_equal(back[covered], image[covered])

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import ConfigError, FmsslError
 from ..methods.nets import build_net
-from .augment import KNOWN_AUGMENTATIONS, augment, stream_indices
+from .augment import KNOWN_AUGMENTATIONS, Transform, augment, stream_indices
 from .protocol import Protocol, TrainConfig
 from .records import atomic_torch_save, atomic_write_text
 from .views import LabeledView, UnlabeledView, progress_bar
@@ -39,6 +39,9 @@ class Batch:
     image_u: torch.Tensor | None
     ids_l: list[str]
     ids_u: list[str]
+    transforms_l: list[Transform] = field(default_factory=list)
+    transforms_u: list[Transform] = field(default_factory=list)
+    """How each sample was cut from its case (see :class:`~fmssl_bench.benchmark.augment.Transform`)."""
 
     @property
     def images(self) -> torch.Tensor:
@@ -90,6 +93,20 @@ class RunContext:
     progress: bool = True
     hooks: dict[str, Any] = field(default_factory=dict)
     stage_log: list[dict[str, Any]] = field(default_factory=list)
+    generalists: dict[tuple[str, str | None], Any] = field(default_factory=dict)
+
+    def generalist(self, name: str, checkpoint: str | None = None):
+        """A frozen foundation model, built once per run; the runner records its accounting."""
+        key = (name, checkpoint)
+        if key not in self.generalists:
+            from ..foundation import build_generalist
+
+            self.generalists[key] = build_generalist(name, checkpoint, device=str(self.device))
+        return self.generalists[key]
+
+    def generalist_provenance(self) -> dict[str, Any]:
+        return {name: {"checkpoint": fm.checkpoint, "weights_sha256": fm.weights_sha256, **fm.stats.to_dict()}
+                for (name, _), fm in self.generalists.items()}
 
     def build_net(self) -> nn.Module:
         return build_net(self.protocol.net, self.in_channels, self.n_classes, self.protocol.ndim).to(self.device)
@@ -100,18 +117,21 @@ class RunContext:
         cfg = self.protocol.train
         key = [self.seed, sum(map(ord, stage))]
         li = stream_indices(len(labeled), labeled_bs, iteration * labeled_bs, key + [1])
-        images_l, labels_l = [], []
+        images_l, labels_l, transforms_l = [], [], []
         for slot, i in enumerate(li):
             rng = np.random.default_rng(key + [iteration, slot])
-            image, label = augment(labeled.images[i], labeled.labels[i], cfg.augment, cfg.patch, rng)
+            image, label, transform = augment(labeled.images[i], labeled.labels[i], cfg.augment, cfg.patch, rng)
             images_l.append(image)
             labels_l.append(label)
-        images_u, ids_u = [], []
+            transforms_l.append(transform)
+        images_u, ids_u, transforms_u = [], [], []
         if unlabeled is not None and unlabeled_bs > 0 and len(unlabeled):
             ui = stream_indices(len(unlabeled), unlabeled_bs, iteration * unlabeled_bs, key + [2])
             for slot, i in enumerate(ui):
                 rng = np.random.default_rng(key + [iteration, 1000 + slot])
-                images_u.append(augment(unlabeled.images[i], None, cfg.augment, cfg.patch, rng)[0])
+                image, _, transform = augment(unlabeled.images[i], None, cfg.augment, cfg.patch, rng)
+                images_u.append(image)
+                transforms_u.append(transform)
                 ids_u.append(unlabeled.ids[i])
         to = lambda arrays, dtype: torch.from_numpy(np.stack(arrays)).to(self.device, dtype)  # noqa: E731
         return Batch(
@@ -120,6 +140,8 @@ class RunContext:
             image_u=to(images_u, torch.float32) if images_u else None,
             ids_l=[labeled.ids[i] for i in li],
             ids_u=ids_u,
+            transforms_l=transforms_l,
+            transforms_u=transforms_u,
         )
 
     # -- the loop -----------------------------------------------------------------------------

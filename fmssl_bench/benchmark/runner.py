@@ -107,25 +107,55 @@ def prepare(spec: RunSpec) -> Prepared:
     return Prepared(spec, adapter, protocol, method_cls, args, labeled, unlabeled, list(split.test), split.source, directory)
 
 
-def pseudo_label_scorer(adapter: DatasetAdapter, directory: Path) -> Callable[[list[str], list[np.ndarray], str], None]:
-    """A callback for methods that make pseudo-labels: scored here against labels the method never sees."""
-    from .metrics import evaluate_case
+def pseudo_label_scorer(adapter: DatasetAdapter, directory: Path) -> Callable[..., None]:
+    """A callback for methods that make pseudo-labels: scored here against labels the method never sees.
+
+    Pseudo-labels come in the frame of the training views (2D: the protocol resolution); the hidden
+    reference is resized to match (nearest). Value 255 marks voxels without a pseudo-label. Dice per
+    foreground class over the defined voxels goes to ``pseudo_label_quality.csv``; the method gets
+    nothing back.
+    """
+    from .views import resize_label
+
+    refs: dict[str, np.ndarray | None] = {}
+    path = directory / "pseudo_label_quality.csv"
 
     def score(ids: list[str], labels: list[np.ndarray], tag: str) -> None:
         rows = []
         for case_id, pseudo in zip(ids, labels):
-            if not adapter.has_label(case_id):
+            if case_id not in refs:
+                refs[case_id] = adapter.load_label(case_id) if adapter.has_label(case_id) else None
+            ref = refs[case_id]
+            if ref is None:
                 continue
-            ref = adapter.load_label(case_id)
-            if ref is None or ref.shape != pseudo.shape:
-                continue
-            for cls_label, values in evaluate_case(pseudo.astype(np.uint8), ref, labels=range(1, len(adapter.classes))).items():
-                rows.append({"tag": tag, "case": case_id, "class": adapter.classes[cls_label], "dice": values["dice"]})
-        path = directory / "pseudo_label_quality.json"
-        existing = json.loads(path.read_text()) if path.is_file() else []
-        records.atomic_write_json(path, existing + rows)
+            ref = resize_label(ref, pseudo.shape) if ref.shape != pseudo.shape else ref
+            defined = pseudo != 255
+            for k in range(1, len(adapter.classes)):
+                p, r = (pseudo == k) & defined, (ref == k) & defined
+                denom = int(p.sum()) + int(r.sum())
+                dice = 2.0 * int((p & r).sum()) / denom if denom else float("nan")
+                rows.append(f"{tag},{case_id},{adapter.classes[k]},{dice:.6f},{int(defined.sum())}\n")
+        existing = path.read_text() if path.is_file() else "tag,case,class,dice,defined_voxels\n"
+        records.atomic_write_text(path, existing + "".join(rows))
 
     return score
+
+
+def pseudo_label_summary(directory: Path) -> dict[str, Any] | None:
+    """Mean pseudo-label Dice overall and for the first and last quarter of the reports."""
+    path = directory / "pseudo_label_quality.csv"
+    if not path.is_file():
+        return None
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    if table.empty:
+        return None
+    tags = list(dict.fromkeys(table["tag"]))
+    quarter = max(1, len(tags) // 4)
+    mean = lambda t: float(table[table["tag"].isin(t)]["dice"].mean())  # noqa: E731
+    return {"reports": len(tags), "cases_scored": int(table["case"].nunique()), "mean_dice": mean(tags),
+            "mean_dice_first_quarter": mean(tags[:quarter]), "mean_dice_last_quarter": mean(tags[-quarter:])}
 
 
 def execute(prep: Prepared) -> dict[str, Any]:
@@ -179,6 +209,8 @@ def execute(prep: Prepared) -> dict[str, Any]:
         "protocol_source": protocol.source,
         "split_source": prep.split_source,
         "method": method.provenance(),
+        "generalists": ctx.generalist_provenance(),
+        "pseudo_label_quality": pseudo_label_summary(prep.directory),
     }
     records.atomic_write_json(prep.directory / "provenance.json", provenance)
     summary = summarise(rows, config, n_labeled=len(prep.labeled_ids), n_unlabeled=len(prep.unlabeled_ids),

@@ -9,7 +9,7 @@ from ..errors import ConfigError, unknown_name
 from .base import Method
 
 _METHODS: dict[str, type[Method]] = {}
-_MODULES = ("supervised", "mean_teacher")
+_MODULES = ("supervised", "mean_teacher", "semisam", "sam_zero_shot")
 _loaded = False
 
 
