@@ -50,6 +50,16 @@ class TeacherStudent(Method):
         with torch.no_grad():
             return self.teacher(self.noisy(images))
 
+    def mean_teacher_step(self, batch, iteration: int) -> tuple[torch.Tensor, StepOutput]:
+        """Student logits of the whole batch and MT's loss: supervised + ramped consistency."""
+        n_l = batch.image_l.shape[0]
+        logits = self.student(batch.images)
+        loss_sup = supervised_loss(logits[:n_l], batch.label_l)
+        loss_cons = softmax_mse(logits[n_l:], self.teacher_logits(batch.image_u))
+        weight = self.consistency_weight(iteration)
+        logs = {"loss_sup": float(loss_sup.detach()), "loss_cons": float(loss_cons.detach()), "w_cons": weight}
+        return logits, StepOutput(loss_sup + weight * loss_cons, logs)
+
 
 @register_method
 class MeanTeacher(TeacherStudent):
@@ -57,10 +67,4 @@ class MeanTeacher(TeacherStudent):
     description = "Mean Teacher, UA-MT hyper-parameters (EMA 0.99, softmax-MSE consistency ramped to 0.1)"
 
     def training_step(self, batch, iteration: int) -> StepOutput:
-        n_l = batch.image_l.shape[0]
-        logits = self.student(batch.images)
-        loss_sup = supervised_loss(logits[:n_l], batch.label_l)
-        loss_cons = softmax_mse(logits[n_l:], self.teacher_logits(batch.image_u))
-        weight = self.consistency_weight(iteration)
-        loss = loss_sup + weight * loss_cons
-        return StepOutput(loss, {"loss_sup": float(loss_sup.detach()), "loss_cons": float(loss_cons.detach()), "w_cons": weight})
+        return self.mean_teacher_step(batch, iteration)[1]

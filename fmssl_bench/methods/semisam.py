@@ -34,7 +34,7 @@ import torch
 
 from .base import StepOutput
 from .fm_assist import GeneralistBranch, masked_mse
-from .losses import soft_target_ce_dice, softmax_mse, supervised_loss
+from .losses import soft_target_ce_dice
 from .mean_teacher import TeacherStudent
 from .ramps import sigmoid_rampdown
 from .registry import register_method
@@ -69,12 +69,8 @@ class FMAssistedTeacher(TeacherStudent):
 
     def training_step(self, batch, iteration: int) -> StepOutput:
         n_l = batch.image_l.shape[0]
-        logits = self.student(batch.images)
-        loss_sup = supervised_loss(logits[:n_l], batch.label_l)
-        loss_cons = softmax_mse(logits[n_l:], self.teacher_logits(batch.image_u))
-        w_cons = self.consistency_weight(iteration)
-        loss = loss_sup + w_cons * loss_cons
-        logs = {"loss_sup": float(loss_sup.detach()), "loss_cons": float(loss_cons.detach()), "w_cons": w_cons}
+        logits, out = self.mean_teacher_step(batch, iteration)
+        loss, logs = out.loss, out.logs
         if iteration % self.args["sam_every"] == 0:
             probs_u = torch.softmax(logits[n_l:], 1)
             targets = self.branch.targets(batch, probs_u.detach(), iteration)
