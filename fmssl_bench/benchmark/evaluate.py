@@ -55,7 +55,7 @@ def score_predictions(items: list[tuple[str, np.ndarray, np.ndarray, Any]], clas
 def evaluate_predictor(net: torch.nn.Module, test: TestView, protocol: Protocol, classes: tuple[str, ...],
                        device: torch.device, progress: bool = True) -> list[dict[str, Any]]:
     items = []
-    for case in progress_bar(progress, test, total=len(test), desc="inference", unit="case"):
+    for case in progress_bar(progress, test, total=len(test), desc="inference", unit="case", every=max(1, len(test) // 10)):
         items.append((case.case_id, predict(net, case.image, protocol, device), case.label, case.spacing))
     return score_predictions(items, classes, protocol)
 

@@ -135,6 +135,10 @@ def _validate(p: Protocol, source: str) -> None:
         raise ConfigError(f"{source}: train.schedule {t.schedule!r}; expected step, poly or constant")
     if p.inference.mode not in ("sliding_window", "whole_image"):
         raise ConfigError(f"{source}: inference.mode {p.inference.mode!r}; expected sliding_window or whole_image")
+    if p.net.name == "vnet":
+        for what, patch in (("train.patch", t.patch), ("inference.patch", p.inference.patch)):
+            if any(d % 16 for d in patch):
+                raise ConfigError(f"{source}: {what} {list(patch)}: the VNet down-samples 4 times; expected multiples of 16")
     if p.train.checkpoint_rule != "last":
         raise ConfigError(f"{source}: train.checkpoint_rule {t.checkpoint_rule!r}; only 'last' is supported (no test-set selection)")
 

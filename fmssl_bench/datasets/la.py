@@ -1,9 +1,10 @@
-"""2018 Left Atrium (LA) in the UA-MT layout.
+"""HDF5 volume data sets in the layouts the SSL literature uses (one ``image``/``label`` file per case).
 
-``<root>/2018LA_Seg_Training Set/<ID>/mri_norm2.h5`` with datasets ``image`` (float32, z-scored)
-and ``label`` (0/1), plus ``<root>/train.list`` and ``<root>/test.list``. The standard labeled
-sets are the first N ids of ``train.list`` (UA-MT / SemiSAM / SFR convention). The challenge data
-is 0.625 mm isotropic; no spacing is stored in the files (override with ``spacing=``).
+- ``la``: 2018 Left Atrium, UA-MT layout: ``<root>/2018LA_Seg_Training Set/<ID>/mri_norm2.h5``
+  plus ``train.list`` / ``test.list``. The standard labeled sets are the first N ids of
+  ``train.list`` (UA-MT / SemiSAM / SFR). 0.625 mm isotropic; no spacing is stored in the files.
+- ``brats2019``: SSL4MIS / SFR layout: ``<root>/data/<ID>.h5`` plus ``train.txt`` / ``test.txt``
+  (whole tumour, binary; 1 mm isotropic).
 """
 
 from __future__ import annotations
@@ -28,31 +29,33 @@ def read_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-@register_dataset
-class LeftAtrium(DatasetAdapter):
-    name = "la"
-    description = "2018 Left Atrium GE-MRI, UA-MT h5 layout (train.list / test.list)"
-    ndim = 3
-    classes = ("background", "left atrium")
-    default_subdir = "LA"
-    default_protocol = "la"
-    labeled_convention = "first"  # first N ids of train.list, as every LA paper does
+class H5Volumes(DatasetAdapter):
+    """One HDF5 file per case with datasets ``image`` and (optionally) ``label``; id lists for the split."""
 
-    def __init__(self, root: str | Path | None = None, spacing: float | tuple[float, ...] = 0.625, **options: Any):
+    ndim = 3
+    labeled_convention = "first"  # first N ids of the train list, as the papers do
+    case_glob = ""
+    layout = ""
+    lists = ("train.list", "test.list")
+    default_spacing = 1.0
+
+    def __init__(self, root: str | Path | None = None, spacing: float | tuple[float, ...] | None = None, **options: Any):
         super().__init__(root, **options)
+        spacing = self.default_spacing if spacing is None else spacing
         self._spacing = (float(spacing),) * 3 if np.isscalar(spacing) else tuple(float(s) for s in spacing)
-        self.case_dir = self.root / CASE_DIR
-        if not self.case_dir.is_dir():
-            raise DataError(f"{self.case_dir}: folder not found; expected the UA-MT layout '<root>/{CASE_DIR}/<ID>/{CASE_FILE}'")
+        folder = self.root / self.case_glob.split("/")[0]
+        if not folder.is_dir():
+            raise DataError(f"{folder}: folder not found; expected the layout '{self.layout}'")
 
     def path(self, case_id: str) -> Path:
-        return self.case_dir / case_id / CASE_FILE
+        return self.root / self.case_glob.replace("*", case_id)
 
     def source_file(self, case_id: str) -> str:
         return str(self.path(case_id))
 
     def case_ids(self) -> list[str]:
-        return sorted(p.parent.name for p in self.case_dir.glob(f"*/{CASE_FILE}"))
+        prefix, suffix = self.case_glob.split("*")
+        return sorted(str(p.relative_to(self.root))[len(prefix): -len(suffix)] for p in self.root.glob(self.case_glob))
 
     def _dataset(self, case_id: str, key: str) -> np.ndarray:
         path = self.path(case_id)
@@ -86,6 +89,30 @@ class LeftAtrium(DatasetAdapter):
         return self._spacing
 
     def official_split(self) -> Split:
-        train = read_list(self.root / "train.list")
-        test = read_list(self.root / "test.list")
-        return Split(train=train, test=test, source=str(self.root / "train.list"))
+        train = read_list(self.root / self.lists[0])
+        test = read_list(self.root / self.lists[1])
+        return Split(train=train, test=test, source=str(self.root / self.lists[0]))
+
+
+@register_dataset
+class LeftAtrium(H5Volumes):
+    name = "la"
+    description = "2018 Left Atrium GE-MRI, UA-MT h5 layout (train.list / test.list)"
+    classes = ("background", "left atrium")
+    default_subdir = "LA"
+    default_protocol = "la"
+    case_glob = f"{CASE_DIR}/*/{CASE_FILE}"
+    layout = f"<root>/{CASE_DIR}/<ID>/{CASE_FILE}"
+    default_spacing = 0.625
+
+
+@register_dataset
+class BraTS2019(H5Volumes):
+    name = "brats2019"
+    description = "BraTS 2019 whole tumour, SSL4MIS h5 layout (data/<ID>.h5, train.txt / test.txt)"
+    classes = ("background", "tumour")
+    default_subdir = "BraTS2019"
+    default_protocol = "brats2019"
+    case_glob = "data/*.h5"
+    layout = "<root>/data/<ID>.h5 with train.txt and test.txt"
+    lists = ("train.txt", "test.txt")
