@@ -48,6 +48,7 @@ def _add_oracle_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="results root (default: $FMSSL_RESULTS or ./runs)")
     p.add_argument("--fm-checkpoint", help="generalist checkpoint file (default: bundled or $FMSSL_WEIGHTS)")
     p.add_argument("--max-cases", type=int, help="only the first N test cases (recorded; for quick checks)")
+    p.add_argument("--fm-cache-dir", help="folder for image embeddings, reused by later oracle runs (default: none)")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE", help="adapter option")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--force", action="store_true", help="recompute even if a complete record exists")
@@ -195,7 +196,7 @@ def cmd_oracle(args: argparse.Namespace) -> int:
     summary = run_oracle(args.generalist, args.dataset, args.data_root, prompt=args.prompt, n_points=args.points,
                          protocol=args.protocol, out=args.out, checkpoint=args.fm_checkpoint, max_cases=args.max_cases,
                          seed=args.seed, force=args.force, progress=not args.no_progress, device=args.device,
-                         dataset_options=_options(args.dataset_option))
+                         dataset_options=_options(args.dataset_option), cache_dir=args.fm_cache_dir)
     mean = summary["classes"]["mean"]
     print(f"sam_zero_shot [oracle] {summary['labeled']} on {args.dataset} ({summary['n_test']} test cases): "
           f"Dice {100 * mean['dice']['mean']:.2f}%  HD95 {mean['hd95']['mean']:.2f}  -> {summary.get('record', '')}")
