@@ -78,6 +78,26 @@ def test_generalist_targets_land_on_the_object_in_the_augmented_patch_frame(tmp_
     assert stats.encoder_calls == 1 and stats.cache_hits == 2  # the un-augmented image is encoded once
 
 
+def test_generalist_targets_align_in_3d_non_cubic_volumes(tmp_path, make_protocol):
+    _litemedsam_or_skip()
+    protocol = load_protocol(make_protocol("synthetic-3d", train={"patch": [32, 32, 16]}))
+    zz = np.arange(20)[None, None, :]
+    ball = (disk((48, 40), (22, 20), 10)[..., None] * ((zz >= 3) & (zz <= 16))).astype(np.uint8)
+    image = (0.15 + 0.7 * ball)[None].astype(np.float32)
+    ctx = RunContext(protocol=protocol, labeled=LabeledView(["l"], [image], [ball]),
+                     unlabeled=UnlabeledView(["u"], [image]), n_classes=2, in_channels=1, seed=0, run_dir=tmp_path)
+    branch = GeneralistBranch(ctx, ["litemedsam"], prompt="box", slices_per_sample=3)
+    batch = ctx.batch(0, ctx.labeled, ctx.unlabeled, labeled_bs=1, unlabeled_bs=1, stage="t")
+    truth = batch.transforms_u[0].apply(ball)
+    probs = torch.from_numpy(np.stack([1.0 - truth, truth]).astype(np.float32))[None]
+    targets = branch.targets(batch, probs, 0)
+    defined = targets.defined[0].numpy()
+    assert defined.any() and not defined.all()  # only the prompted slices
+    fg = (targets.probs[0, 0, 1].numpy() > 0.5) & defined
+    ref = (truth > 0) & defined
+    assert 2 * (fg & ref).sum() / (fg.sum() + ref.sum()) > 0.8
+
+
 def test_confidence_weight_is_zero_where_generalists_disagree():
     from fmssl_bench.methods.fm_assist import GeneralistTargets
 

@@ -98,8 +98,8 @@ class GeneralistBranch:
                     continue  # nothing confident to prompt with: no generalist target on this slice
                 for g, fm in enumerate(self.generalists):
                     fg = fm.segment(fm.encode(image[sl]), prompts)  # (K-1, H, W)
-                    target[(g, slice(1, None)) + sl[1:]] = fg
-                    target[(g, 0) + sl[1:]] = np.clip(1.0 - fg.sum(0), 0.0, 1.0)
+                    target[(g, slice(1, None)) + sl] = fg
+                    target[(g, 0) + sl] = np.clip(1.0 - fg.sum(0), 0.0, 1.0)
             norm = target.sum(1, keepdims=True)
             target = target / np.where(norm > 0, norm, 1.0)
             mean = target.mean(0)
