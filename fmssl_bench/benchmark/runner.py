@@ -123,12 +123,12 @@ def pseudo_label_scorer(adapter: DatasetAdapter, directory: Path) -> Callable[..
     def score(ids: list[str], labels: list[np.ndarray], tag: str) -> None:
         rows = []
         for case_id, pseudo in zip(ids, labels):
-            if case_id not in refs:
-                refs[case_id] = adapter.load_label(case_id) if adapter.has_label(case_id) else None
+            if case_id not in refs:  # read (and resize to the pseudo-label frame) once per case
+                ref = adapter.load_label(case_id) if adapter.has_label(case_id) else None
+                refs[case_id] = resize_label(ref, pseudo.shape) if ref is not None else None
             ref = refs[case_id]
             if ref is None:
                 continue
-            ref = resize_label(ref, pseudo.shape) if ref.shape != pseudo.shape else ref
             defined = pseudo != 255
             for k in range(1, len(adapter.classes)):
                 p, r = (pseudo == k) & defined, (ref == k) & defined
