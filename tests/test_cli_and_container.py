@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fmssl_bench.benchmark import cli
-from fmssl_bench.benchmark.leaderboard import aggregate, find_summaries, paper_numbers, paper_value, render
+from fmssl_bench.benchmark.records.leaderboard import aggregate, find_summaries, paper_numbers, paper_value, render
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from fmssl_bench.benchmark.cli import main
-from fmssl_bench.benchmark.loop import RunContext
+from fmssl_bench.benchmark.training.batches import TwoStreamPatches, stage_key
+from fmssl_bench.benchmark.training.context import RunContext
 from fmssl_bench.benchmark.protocol import load_protocol
 from fmssl_bench.benchmark.views import LabeledView, UnlabeledView
 from fmssl_bench.errors import FmsslError
@@ -65,7 +66,7 @@ def test_generalist_targets_land_on_the_object_in_the_augmented_patch_frame(tmp_
                      unlabeled=UnlabeledView(["u"], [image]), n_classes=2, in_channels=1, seed=0, run_dir=tmp_path)
     branch = GeneralistBranch(ctx, ["litemedsam"], prompt="box")
     for iteration in range(3):
-        batch = ctx.batch(iteration, ctx.labeled, ctx.unlabeled, labeled_bs=1, unlabeled_bs=1, stage="t")
+        batch = TwoStreamPatches(ctx.labeled, ctx.unlabeled, protocol.train, 1, 1, ctx.device)(iteration, [0, stage_key("t")])
         truth = batch.transforms_u[0].apply(mask)  # where the object is in the augmented patch
         # a perfect specialist: its softmax is the truth (labels used here only to build the test input)
         probs = torch.from_numpy(np.stack([1.0 - truth, truth]).astype(np.float32))[None]
@@ -87,7 +88,7 @@ def test_generalist_targets_align_in_3d_non_cubic_volumes(tmp_path, make_protoco
     ctx = RunContext(protocol=protocol, labeled=LabeledView(["l"], [image], [ball]),
                      unlabeled=UnlabeledView(["u"], [image]), n_classes=2, in_channels=1, seed=0, run_dir=tmp_path)
     branch = GeneralistBranch(ctx, ["litemedsam"], prompt="box", slices_per_sample=3)
-    batch = ctx.batch(0, ctx.labeled, ctx.unlabeled, labeled_bs=1, unlabeled_bs=1, stage="t")
+    batch = TwoStreamPatches(ctx.labeled, ctx.unlabeled, protocol.train, 1, 1, ctx.device)(0, [0, stage_key("t")])
     truth = batch.transforms_u[0].apply(ball)
     probs = torch.from_numpy(np.stack([1.0 - truth, truth]).astype(np.float32))[None]
     targets = branch.targets(batch, probs, 0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fmssl_bench.benchmark.inference import largest_component, sliding_window_probs, stride_to_overlap, whole_image_probs
+from fmssl_bench.benchmark.evaluation.inference import largest_component, sliding_window_probs, stride_to_overlap, whole_image_probs
 from fmssl_bench.benchmark.protocol import InferenceConfig
 
 
@@ -82,7 +82,7 @@ def test_largest_component_keeps_biggest_blob_per_class():
 
 
 def test_augment_transform_replays_and_inverts():
-    from fmssl_bench.benchmark.augment import augment
+    from fmssl_bench.benchmark.training.augment import augment
 
     rng_image = np.random.default_rng(0)
     for shape, patch in (((30, 26, 12), (16, 16, 16)), ((20, 20), (24, 24)), ((40, 33), (16, 16))):

@@ -1,4 +1,4 @@
-"""Conformance tests of fmssl_bench.benchmark.metrics against medpy and MONAI (``pytest -k metrics``).
+"""Conformance tests of fmssl_bench.benchmark.evaluation.metrics against medpy and MONAI (``pytest -k metrics``).
 
 Every comparison is a real one: medpy and MONAI compute their own values from the same masks and
 ours must agree to ``RTOL`` (relative). Shapes are small so the file runs in seconds.
@@ -17,9 +17,9 @@ import pytest
 from medpy.metric import binary as medpy
 from scipy import ndimage
 
-from fmssl_bench.benchmark import bench_metrics
-from fmssl_bench.benchmark import metrics as M
-from fmssl_bench.benchmark.metrics import METRICS, MetricConfig, evaluate_case, evaluate_many
+from fmssl_bench.benchmark.evaluation import bench_metrics
+from fmssl_bench.benchmark.evaluation import metrics as M
+from fmssl_bench.benchmark.evaluation.metrics import METRICS, MetricConfig, evaluate_case, evaluate_many
 from fmssl_bench.errors import ConfigError
 
 RTOL = 1e-6

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from fmssl_bench.benchmark import cli
-from fmssl_bench.benchmark.leaderboard import aggregate, find_summaries, render
+from fmssl_bench.benchmark.records.leaderboard import aggregate, find_summaries, render
 from fmssl_bench.benchmark.oracle import oracle_prompts, predict_case, run_oracle
 from fmssl_bench.errors import ConfigError, FmsslError
 from fmssl_bench.foundation import build_generalist

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from ..errors import FmsslError
 
-SUBCOMMANDS = ("run", "list", "leaderboard", "check-data", "bench", "oracle")
+SUBCOMMANDS = ("run", "list", "leaderboard", "check-data", "bench", "oracle", "evaluate")
 DEMO = {"dataset": "synthetic-2d", "methods": ("supervised", "mean_teacher"), "labeled": "4", "seed": 0}
 
 
@@ -30,8 +30,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE", help="override a method hyper-parameter")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE", help="adapter option (e.g. spacing=0.625)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    p.add_argument("--iterations", type=int, help="override the protocol's iteration count (recorded; for quick checks)")
-    p.add_argument("--force", action="store_true", help="recompute even if a complete record exists")
+    p.add_argument("--iterations", type=int, help="override every stage's iteration count (part of the run identity; for quick checks)")
+    p.add_argument("--stage-iterations", action="append", default=[], metavar="STAGE=N",
+                   help="override one stage's iteration count (part of the run identity)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="cuDNN deterministic + torch deterministic algorithms (GPU runs; recorded in provenance)")
+    p.add_argument("--force", action="store_true", help="recompute this run's record even if it is complete")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--leaderboard-dir", default=None, help="where to write leaderboard files (default: <out>/leaderboards)")
 
@@ -76,9 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--data-root")
     cd.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
     _add_oracle_args(sub.add_parser("oracle", help="zero-shot foundation model with prompts from the test labels (oracle)"))
+    from .evaluation import rescore
+
+    rescore.add_arguments(sub.add_parser("evaluate", help="re-score a run's saved predictions, or score an outside "
+                                                          "method's prediction folder on the same test split"))
     bench = sub.add_parser("bench", help="micro-benchmarks (metrics)")
     bench_sub = bench.add_subparsers(dest="bench_what", required=True)
-    from . import bench_metrics
+    from .evaluation import bench_metrics
 
     bench_metrics.add_arguments(bench_sub.add_parser("metrics", help="fmssl-bench metrics vs medpy on LA test volumes"))
     return parser
@@ -97,15 +105,29 @@ def _options(pairs: list[str]) -> dict:
     return parse_method_args(pairs)
 
 
+def _stage_iterations(pairs: list[str]) -> dict[str, int]:
+    out = {}
+    for pair in pairs:
+        stage, _, value = pair.partition("=")
+        try:
+            out[stage.strip()] = int(value)
+        except ValueError:
+            raise FmsslError(f"--stage-iterations {pair!r}: expected STAGE=N with an integer N") from None
+        if not stage.strip():
+            raise FmsslError(f"--stage-iterations {pair!r}: expected STAGE=N")
+    return out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .leaderboard import aggregate, find_summaries, render, write_leaderboards
-    from .runner import RunSpec, run
+    from .records.leaderboard import aggregate, find_summaries, render, write_leaderboards
+    from .runner import RunSpec, execute, prepare
 
     out = Path(args.out) if args.out else None
     if not args.method and not args.dataset:
         specs = [RunSpec(method=m, dataset=DEMO["dataset"], labeled=args.labeled or DEMO["labeled"], seed=args.seed,
                          protocol=args.protocol, out=args.out, device=args.device, force=args.force,
-                         iterations=args.iterations, progress=not args.no_progress) for m in DEMO["methods"]]
+                         iterations=args.iterations, stage_iterations=_stage_iterations(args.stage_iterations),
+                         deterministic=args.deterministic, progress=not args.no_progress) for m in DEMO["methods"]]
         print(f"fmssl-bench demo: {', '.join(DEMO['methods'])} on {DEMO['dataset']} with {specs[0].labeled} labeled cases")
     elif not (args.method and args.dataset):
         raise FmsslError("run: give both --method and --dataset (or neither, for the synthetic demo)")
@@ -113,10 +135,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         specs = [RunSpec(method=args.method, dataset=args.dataset, labeled=args.labeled or "10%", seed=args.seed,
                          protocol=args.protocol, data_root=args.data_root, out=args.out,
                          method_args=_options(args.method_arg), dataset_options=_options(args.dataset_option),
-                         device=args.device, force=args.force, iterations=args.iterations, progress=not args.no_progress)]
+                         device=args.device, force=args.force, iterations=args.iterations,
+                         stage_iterations=_stage_iterations(args.stage_iterations), deterministic=args.deterministic,
+                         progress=not args.no_progress)]
     summaries = []
     for spec in specs:
-        summary = run(spec)
+        prep = prepare(spec)
+        if prep.record.complete and not spec.force:
+            print(f"cached: a complete record of this exact run exists ({prep.directory}); --force recomputes it")
+        summary = execute(prep)
         mean = summary["classes"]["mean"]
         print(f"{spec.method} on {spec.dataset} ({spec.labeled} labeled, seed {spec.seed}): "
               f"Dice {100 * mean['dice']['mean']:.2f}%  HD95 {mean['hd95']['mean']:.2f}  -> {summary.get('record', '')}")
@@ -159,7 +186,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from .. import paths
-    from .leaderboard import aggregate, find_summaries, render, write_leaderboards
+    from .records.leaderboard import aggregate, find_summaries, render, write_leaderboards
 
     root = Path(args.runs) if args.runs else paths.results_root()
     if not root.is_dir():
@@ -190,7 +217,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 def cmd_oracle(args: argparse.Namespace) -> int:
     from .. import paths
-    from .leaderboard import aggregate, find_summaries, render
+    from .records.leaderboard import aggregate, find_summaries, render
     from .oracle import run_oracle
 
     summary = run_oracle(args.generalist, args.dataset, args.data_root, prompt=args.prompt, n_points=args.points,
@@ -214,9 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "check-data": cmd_check_data,
                 "oracle": cmd_oracle}
+    if args.command == "evaluate":
+        from .evaluation import rescore
+
+        handlers["evaluate"] = rescore.run
     try:
         if args.command == "bench":
-            from . import bench_metrics
+            from .evaluation import bench_metrics
 
             return bench_metrics.run(args)
         return handlers[args.command](args)

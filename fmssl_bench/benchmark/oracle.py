@@ -27,8 +27,6 @@ Point sampling is seeded per (seed, case, class), independent of which other cas
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 import zlib
 from pathlib import Path
@@ -41,9 +39,11 @@ from .. import paths
 from ..datasets import build_dataset, dataset_class
 from ..errors import ConfigError
 from ..foundation import EmbeddingCache, Generalist, Prompts, build_generalist, get_spec, normalise_intensities
-from . import records
-from .evaluate import score_predictions, summarise, write_per_case
+from .records import store as records
+from .evaluation.predictions import save_prediction
+from .evaluation.scoring import score_predictions, summarise, write_per_case
 from .protocol import load_protocol
+from .records.identity import run_identity, split_identity
 from .runner import resolve_data_root, resolve_device
 from .splits import resolve_split
 from .views import TestView, progress_bar
@@ -176,27 +176,28 @@ def run_oracle(generalist: str, dataset: str, data_root: str | Path | None = Non
     cache = EmbeddingCache(directory=cache_dir, max_items=0)
     fm = build_generalist(generalist, checkpoint=checkpoint, device=str(torch_device), cache=cache)
     labeled = budget_text(fm, prompt, n_points, checkpoint is not None, len(test_ids), len(split.test))
-    directory = records.run_dir(root, dataset, METHOD, labeled, seed, proto.hash)
-    if force and directory.exists():
-        shutil.rmtree(directory)
-    if records.is_complete(directory):
-        return json.loads((directory / "summary.json").read_text())
+    method_args = {"generalist": fm.name, "prompt": prompt, "n_points": n_points if prompt == "points" else None,
+                   "box": "one per 8-connected component" if prompt == "box" else None,
+                   "multimask": False, "threshold": THRESHOLD, "slice_axis": SLICE_AXIS if cls.ndim == 3 else None}
+    identity = run_identity(
+        dataset=dataset, dataset_options=dataset_options or {}, method=METHOD, method_args=method_args,
+        protocol=proto.to_dict(), overrides={"max_cases": max_cases}, split=split_identity([], [], test_ids),
+        generalists={fm.name: fm.weights_sha256}, seed=seed, budget=labeled)
+    record = records.Record.locate(root, dataset, METHOD, labeled, seed, identity)
+    if force:
+        record.reset()
+    if record.complete:
+        return record.summary()
     test_view = TestView(adapter, test_ids, preload=True)  # bad test data fails before anything is written
 
-    directory.mkdir(parents=True, exist_ok=True)
     generalist_info = {"name": fm.name, "checkpoint": fm.checkpoint, "weights_sha256": fm.weights_sha256}
     config = {
-        "method": METHOD, "oracle": True, "dataset": dataset, "data_root": str(adapter.root), "labeled": labeled,
-        "seed": seed, "protocol": proto.name, "protocol_hash": proto.hash, "protocol_resolved": proto.to_dict(),
-        "device": str(torch_device), "generalist": generalist_info,
-        "method_args": {"generalist": fm.name, "prompt": prompt, "n_points": n_points if prompt == "points" else None,
-                        "box": "one per 8-connected component" if prompt == "box" else None,
-                        "multimask": False, "threshold": THRESHOLD, "slice_axis": SLICE_AXIS if cls.ndim == 3 else None},
-        "max_cases": max_cases, "n_test_split": len(split.test),
+        "method": METHOD, "oracle": True, "dataset": dataset, "data_root": str(adapter.root),
+        "dataset_options": dataset_options or {}, "labeled": labeled, "seed": seed, "protocol": proto.name,
+        "protocol_resolved": proto.to_dict(), "device": str(torch_device), "generalist": generalist_info,
+        "method_args": method_args, "max_cases": max_cases, "n_test_split": len(split.test),
     }
-    records.atomic_write_json(directory / "config.json", config)
-    records.atomic_write_json(directory / "split.json", {"source": split.source, "labeled": [], "unlabeled": [],
-                                                          "test": test_ids})
+    record.begin(config, {"source": split.source, "labeled": [], "unlabeled": [], "test": test_ids})
 
     items, n_prompts, n_images = [], 0, 0
     t0 = time.time()
@@ -212,7 +213,9 @@ def run_oracle(generalist: str, dataset: str, data_root: str | Path | None = Non
     t0 = time.time()
     rows = score_predictions(items, adapter.classes, proto)
     score_seconds = time.time() - t0
-    write_per_case(directory / "per_case.csv", rows)
+    write_per_case(record.path("per_case.csv"), rows)
+    for case_id, pred, _, spacing in items:
+        save_prediction(record.predictions_dir, case_id, pred, spacing, cls.ndim)
     provenance = {
         **records.environment(),
         "segment_seconds": round(segment_seconds, 2),
@@ -224,8 +227,5 @@ def run_oracle(generalist: str, dataset: str, data_root: str | Path | None = Non
         "prompts": n_prompts,
         "images_encoded": n_images,
     }
-    records.atomic_write_json(directory / "provenance.json", provenance)
-    summary = summarise(rows, config, n_labeled=0, n_unlabeled=0, n_test=len(test_ids), paper_comparable=False,
-                        oracle=True, record=str(directory))
-    records.atomic_write_json(directory / "summary.json", summary)
-    return summary
+    summary = summarise(rows, config, n_labeled=0, n_unlabeled=0, n_test=len(test_ids), oracle=True, external=False)
+    return record.finish(provenance, summary)

@@ -2,15 +2,18 @@
 
 Patch, iterations, batch split, optimiser, schedule, network, preprocessing, inference grid,
 metric definitions and the checkpoint rule. Paper protocols and CPU smoke protocols are both just
-protocol files. The hash of the resolved protocol is part of every run record's key, so two runs
-are comparable exactly when their hashes match.
+protocol files. The protocol's result-determining fields (everything but its name, description
+and run-time settings; see :mod:`.records.identity`) are part of every run's identity.
+
+``train:`` is the configuration of a method's default stage; the optional ``stages:`` section
+overrides any of its fields per named stage (e.g. SFR's ``finetune`` stage with AdamW on stitched
+canvases), so one protocol file describes every stage of a multi-stage method. Whether a run can
+be set beside a paper's number is computed from these fields, never declared here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,7 +75,8 @@ class Protocol:
     metrics: dict[str, Any] = field(default_factory=dict)
     eval_workers: int = 2
     method_args: dict[str, dict[str, Any]] = field(default_factory=dict)
-    paper_comparable: bool = False  # True only for protocols that follow a paper's setup
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-stage overrides of ``train`` fields, by stage name."""
     source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,13 +84,9 @@ class Protocol:
         data.pop("source")
         return data
 
-    @property
-    def hash(self) -> str:
-        """Short content hash of everything but the free-text description and the file path."""
-        data = self.to_dict()
-        data.pop("description")
-        blob = json.dumps(data, sort_keys=True, default=list).encode()
-        return hashlib.sha256(blob).hexdigest()[:10]
+    def stage_config(self, stage: str) -> TrainConfig:
+        """``train`` with the stage's overrides from the ``stages:`` section applied."""
+        return dataclasses.replace(self.train, **self.stages.get(stage, {}))
 
 
 def _section(cls: type, data: dict[str, Any] | None, where: str) -> Any:
@@ -112,6 +112,13 @@ def protocol_from_dict(data: dict[str, Any], source: str = "<dict>") -> Protocol
     }
     for key, cls in sections.items():
         data[key] = _section(cls, data.get(key), f"{source}: section '{key}'")
+    stages = data.get("stages") or {}
+    if not isinstance(stages, dict) or not all(isinstance(v, dict) for v in stages.values()):
+        raise ConfigError(f"{source}: section 'stages' must map stage names to mappings of train fields")
+    data["stages"] = {}
+    for stage, overrides in stages.items():
+        _section(TrainConfig, overrides, f"{source}: section 'stages.{stage}'")  # unknown keys are an error
+        data["stages"][str(stage)] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     if data.get("resize") is not None:
         data["resize"] = tuple(data["resize"])
     data["source"] = source
@@ -123,24 +130,40 @@ def protocol_from_dict(data: dict[str, Any], source: str = "<dict>") -> Protocol
     return protocol
 
 
-def _validate(p: Protocol, source: str) -> None:
-    t = p.train
-    if len(t.patch) != p.ndim:
-        raise ConfigError(f"{source}: train.patch {list(t.patch)} has {len(t.patch)} dims; expected {p.ndim}")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("step", "poly", "constant")
+
+
+def _validate_train(t: TrainConfig, where: str, ndim: int, vnet: bool) -> None:
+    if len(t.patch) != ndim:
+        raise ConfigError(f"{where}.patch {list(t.patch)} has {len(t.patch)} dims; expected {ndim}")
     if not 0 < t.labeled_bs <= t.batch_size:
-        raise ConfigError(f"{source}: train.labeled_bs must be in 1..batch_size ({t.batch_size})")
+        raise ConfigError(f"{where}.labeled_bs must be in 1..batch_size ({t.batch_size})")
     if t.iterations < 1:
-        raise ConfigError(f"{source}: train.iterations must be >= 1")
-    if t.schedule not in ("step", "poly", "constant"):
-        raise ConfigError(f"{source}: train.schedule {t.schedule!r}; expected step, poly or constant")
+        raise ConfigError(f"{where}.iterations must be >= 1")
+    if t.schedule not in SCHEDULES:
+        raise ConfigError(f"{where}.schedule {t.schedule!r}; expected step, poly or constant")
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"{where}.optimizer {t.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+    if vnet and any(d % 16 for d in t.patch):
+        raise ConfigError(f"{where}.patch {list(t.patch)}: the VNet down-samples 4 times; expected multiples of 16")
+    if t.checkpoint_rule != "last":
+        raise ConfigError(f"{where}.checkpoint_rule {t.checkpoint_rule!r}; only 'last' is supported (no test-set selection)")
+
+
+def _validate(p: Protocol, source: str) -> None:
+    vnet = p.net.name == "vnet"
+    _validate_train(p.train, f"{source}: train", p.ndim, vnet)
+    for stage, overrides in p.stages.items():
+        # a stage with its own patch may train another network (SFR: a 2D SAM on stitched canvases),
+        # so the patch's dimensionality and the VNet rule are checked only for inherited patches
+        cfg = p.stage_config(stage)
+        own_patch = "patch" in overrides
+        _validate_train(cfg, f"{source}: stages.{stage}", len(cfg.patch) if own_patch else p.ndim, vnet and not own_patch)
     if p.inference.mode not in ("sliding_window", "whole_image"):
         raise ConfigError(f"{source}: inference.mode {p.inference.mode!r}; expected sliding_window or whole_image")
-    if p.net.name == "vnet":
-        for what, patch in (("train.patch", t.patch), ("inference.patch", p.inference.patch)):
-            if any(d % 16 for d in patch):
-                raise ConfigError(f"{source}: {what} {list(patch)}: the VNet down-samples 4 times; expected multiples of 16")
-    if p.train.checkpoint_rule != "last":
-        raise ConfigError(f"{source}: train.checkpoint_rule {t.checkpoint_rule!r}; only 'last' is supported (no test-set selection)")
+    if vnet and any(d % 16 for d in p.inference.patch):
+        raise ConfigError(f"{source}: inference.patch {list(p.inference.patch)}: the VNet down-samples 4 times; expected multiples of 16")
 
 
 def protocol_names() -> list[str]:

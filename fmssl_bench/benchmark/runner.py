@@ -1,19 +1,19 @@
 """The runner: protocol + dataset + method + budget + seed -> a complete run record.
 
 Order matters for the "no partial run directory" promise: every input is resolved and every
-case is loaded and validated *before* the run directory is created. Once training has started
-the directory holds checkpoints, so an interrupted run resumes when the same command is run
-again. ``summary.json`` is written last and marks the record complete (a cache hit later).
+case is loaded and validated *before* the run directory is created. The run's identity (see
+:mod:`.records.identity`) names the record, so the same command finds the same record: a cache
+hit when complete, a resume when interrupted (said on the first line), and ``--force``
+recomputes exactly that record. ``summary.json`` is written last and marks the record complete.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,11 +23,14 @@ from ..datasets import DatasetAdapter, build_dataset, dataset_class
 from ..errors import ConfigError, DataError
 from ..methods.nets import count_parameters
 from ..methods.registry import method_class, resolve_method_args
-from . import records
-from .evaluate import evaluate_predictor, summarise, write_per_case
-from .loop import RunContext
+from .evaluation.pseudo_labels import PseudoLabelQuality, pseudo_label_summary
+from .evaluation.scoring import evaluate_predictor, summarise, write_per_case
 from .protocol import Protocol, load_protocol
+from .records import store as records
+from .records.identity import run_identity, split_identity
 from .splits import parse_budget, resolve_split, select_labeled
+from .training.context import Overrides, RunContext
+from .training.loop import checkpoint_progress, say
 from .views import TestView, build_labeled_view, build_unlabeled_view
 
 
@@ -47,6 +50,8 @@ class RunSpec:
     device: str = "auto"
     force: bool = False
     iterations: int | None = None
+    stage_iterations: dict[str, int] = field(default_factory=dict)
+    deterministic: bool = False
     progress: bool = True
 
 
@@ -83,11 +88,41 @@ class Prepared:
     unlabeled_ids: list[str]
     test_ids: list[str]
     split_source: str
-    directory: Path
+    overrides: Overrides
+    generalists: dict[str, str | None]
+    record: records.Record
+
+    @property
+    def directory(self) -> Path:
+        return self.record.directory
+
+
+def check_spec(spec: RunSpec) -> None:
+    """Command-line ranges, before anything is read or written."""
+    if spec.seed < 0:
+        raise ConfigError(f"--seed {spec.seed}: expected a non-negative integer")
+    if spec.iterations is not None and spec.iterations < 1:
+        raise ConfigError(f"--iterations {spec.iterations}: expected at least 1")
+    for stage, n in spec.stage_iterations.items():
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"--stage-iterations {stage}={n}: expected an integer of at least 1")
+
+
+def generalist_weights(pairs: list[tuple[str, str | None]]) -> dict[str, str | None]:
+    """name -> weights sha256 of each generalist a method will load (verified where known)."""
+    from ..foundation.registry import get_spec, resolve_checkpoint, verify_sha256
+
+    out = {}
+    for name, checkpoint in pairs:
+        spec = get_spec(name)
+        path, official = resolve_checkpoint(spec, checkpoint)
+        out[name] = verify_sha256(path, spec.sha256 if official else None, name)
+    return out
 
 
 def prepare(spec: RunSpec) -> Prepared:
-    """Resolve every name, flag and file; raises before anything is written."""
+    """Resolve every name, flag and file and the run's identity; raises before anything is written."""
+    check_spec(spec)
     method_cls = method_class(spec.method)
     if getattr(method_cls, "oracle", False):
         raise ConfigError(f"--method {spec.method}: an oracle evaluation mode, not a training method; use `fmssl-bench oracle`")
@@ -96,6 +131,7 @@ def prepare(spec: RunSpec) -> Prepared:
     if protocol.ndim != cls.ndim:
         raise ConfigError(f"--protocol {protocol.name}: a {protocol.ndim}D protocol; dataset {spec.dataset!r} is {cls.ndim}D")
     args = resolve_method_args(method_cls, protocol.method_args.get(spec.method, {}), spec.method_args)
+    generalists = generalist_weights(method_cls.generalists_used(args))
     budget = parse_budget(spec.labeled)
     adapter = build_dataset(spec.dataset, resolve_data_root(spec.dataset, spec.data_root), **spec.dataset_options)
     out = Path(spec.out) if spec.out else paths.results_root()
@@ -103,90 +139,71 @@ def prepare(spec: RunSpec) -> Prepared:
     labeled = select_labeled(adapter, split, budget, spec.seed)
     chosen = set(labeled)
     unlabeled = [i for i in split.train if i not in chosen]
-    directory = records.run_dir(out, spec.dataset, spec.method, budget.text, spec.seed, protocol.hash)
-    return Prepared(spec, adapter, protocol, method_cls, args, labeled, unlabeled, list(split.test), split.source, directory)
+    test = list(split.test)
+    overrides = Overrides(spec.iterations, dict(spec.stage_iterations))
+    identity = run_identity(
+        dataset=spec.dataset, dataset_options=spec.dataset_options, method=spec.method, method_args=args,
+        protocol=protocol.to_dict(), overrides=overrides.to_dict(), split=split_identity(labeled, unlabeled, test),
+        generalists=generalists, seed=spec.seed, budget=budget.text)
+    record = records.Record.locate(out, spec.dataset, spec.method, budget.text, spec.seed, identity)
+    return Prepared(spec, adapter, protocol, method_cls, args, labeled, unlabeled, test, split.source, overrides,
+                    generalists, record)
 
 
-def pseudo_label_scorer(adapter: DatasetAdapter, directory: Path) -> Callable[..., None]:
-    """A callback for methods that make pseudo-labels: scored here against labels the method never sees.
-
-    Pseudo-labels come in the frame of the training views (2D: the protocol resolution); the hidden
-    reference is resized to match (nearest). Value 255 marks voxels without a pseudo-label. Dice per
-    foreground class over the defined voxels goes to ``pseudo_label_quality.csv``; the method gets
-    nothing back.
-    """
-    from .views import resize_label
-
-    refs: dict[str, np.ndarray | None] = {}
-    path = directory / "pseudo_label_quality.csv"
-
-    def score(ids: list[str], labels: list[np.ndarray], tag: str) -> None:
-        rows = []
-        for case_id, pseudo in zip(ids, labels):
-            if case_id not in refs:  # read (and resize to the pseudo-label frame) once per case
-                ref = adapter.load_label(case_id) if adapter.has_label(case_id) else None
-                refs[case_id] = resize_label(ref, pseudo.shape) if ref is not None else None
-            ref = refs[case_id]
-            if ref is None:
-                continue
-            defined = pseudo != 255
-            for k in range(1, len(adapter.classes)):
-                p, r = (pseudo == k) & defined, (ref == k) & defined
-                denom = int(p.sum()) + int(r.sum())
-                dice = 2.0 * int((p & r).sum()) / denom if denom else float("nan")
-                rows.append(f"{tag},{case_id},{adapter.classes[k]},{dice:.6f},{int(defined.sum())}\n")
-        existing = path.read_text() if path.is_file() else "tag,case,class,dice,defined_voxels\n"
-        records.atomic_write_text(path, existing + "".join(rows))
-
-    return score
+def announce_resume(directory: Path) -> None:
+    """First line of a resumed run: which stage continues from which iteration."""
+    progress = checkpoint_progress(directory)
+    unfinished = [(s, i, n) for s, i, n in progress if i < n]
+    if unfinished:
+        stage, it, total = unfinished[-1]
+        say(f"resuming {stage} from iteration {it} of {total}")
+    elif progress:
+        say(f"resuming after stage {progress[-1][0]} (finished; {len(progress)} stage checkpoint(s) found)")
+    else:
+        say(f"resuming an interrupted run in {directory} (no checkpoint yet: starting from iteration 0)")
 
 
-def pseudo_label_summary(directory: Path) -> dict[str, Any] | None:
-    """Mean pseudo-label Dice overall and for the first and last quarter of the reports."""
-    path = directory / "pseudo_label_quality.csv"
-    if not path.is_file():
-        return None
-    import pandas as pd
-
-    table = pd.read_csv(path)
-    if table.empty:
-        return None
-    tags = list(dict.fromkeys(table["tag"]))
-    quarter = max(1, len(tags) // 4)
-    mean = lambda t: float(table[table["tag"].isin(t)]["dice"].mean())  # noqa: E731
-    return {"reports": len(tags), "cases_scored": int(table["case"].nunique()), "mean_dice": mean(tags),
-            "mean_dice_first_quarter": mean(tags[:quarter]), "mean_dice_last_quarter": mean(tags[-quarter:])}
+def set_determinism(enabled: bool) -> dict[str, Any]:
+    """``--deterministic``: cuDNN deterministic and deterministic torch algorithms (GPU runs)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True)
+    return {"deterministic": enabled, "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
 
 
 def execute(prep: Prepared) -> dict[str, Any]:
     """Train (or resume) and evaluate; returns the summary. Assumes :func:`prepare` succeeded."""
-    spec, protocol, adapter = prep.spec, prep.protocol, prep.adapter
-    if spec.force and prep.directory.exists():
-        shutil.rmtree(prep.directory)
-    if records.is_complete(prep.directory):
-        return json.loads((prep.directory / "summary.json").read_text())
+    spec, protocol, adapter, record = prep.spec, prep.protocol, prep.adapter, prep.record
+    if spec.force:
+        record.reset()
+    if record.complete:
+        return record.summary()
+    if record.directory.exists():
+        announce_resume(record.directory)
     device = resolve_device(spec.device)
+    determinism = set_determinism(spec.deterministic)
     labeled_view = build_labeled_view(adapter, prep.labeled_ids, protocol.resize)
     unlabeled_view = build_unlabeled_view(adapter.image_reader(), prep.unlabeled_ids, protocol.resize)
     test_view = TestView(adapter, prep.test_ids, preload=True)
     in_channels = labeled_view.images[0].shape[0]
 
-    prep.directory.mkdir(parents=True, exist_ok=True)
     config = {
-        "method": spec.method, "method_args": prep.method_args, "dataset": spec.dataset, "data_root": str(adapter.root),
-        "labeled": spec.labeled, "seed": spec.seed, "protocol": protocol.name, "protocol_hash": protocol.hash,
-        "protocol_resolved": protocol.to_dict(), "device": str(device), "iterations_override": spec.iterations,
+        "method": spec.method, "method_args": prep.method_args, "method_defaults": dict(prep.method_cls.defaults),
+        "dataset": spec.dataset, "data_root": str(adapter.root), "dataset_options": spec.dataset_options,
+        "labeled": spec.labeled, "seed": spec.seed, "protocol": protocol.name, "protocol_resolved": protocol.to_dict(),
+        "device": str(device), "overrides": prep.overrides.to_dict(), "deterministic": spec.deterministic,
     }
-    records.atomic_write_json(prep.directory / "config.json", config)
-    records.atomic_write_json(prep.directory / "split.json", {
-        "source": prep.split_source, "labeled": prep.labeled_ids, "unlabeled": prep.unlabeled_ids, "test": prep.test_ids})
-
+    record.begin(config, {"source": prep.split_source, "labeled": prep.labeled_ids, "unlabeled": prep.unlabeled_ids,
+                          "test": prep.test_ids})
     ctx = RunContext(
         protocol=protocol, labeled=labeled_view, unlabeled=unlabeled_view, n_classes=len(adapter.classes),
-        in_channels=in_channels, seed=spec.seed, run_dir=prep.directory, device=device, iterations=spec.iterations,
-        progress=spec.progress,
+        in_channels=in_channels, seed=spec.seed, run_dir=record.directory, device=device, overrides=prep.overrides,
+        progress=spec.progress, score_pseudo_labels=PseudoLabelQuality(adapter, record.path("pseudo_label_quality.csv")),
     )
-    ctx.hooks["score_pseudo_labels"] = pseudo_label_scorer(adapter, prep.directory)
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed % 2**32)
     method = prep.method_cls(ctx, **prep.method_args)
@@ -196,28 +213,29 @@ def execute(prep: Prepared) -> dict[str, Any]:
     train_seconds = time.time() - t0
 
     t0 = time.time()
-    rows = evaluate_predictor(predictor, test_view, protocol, adapter.classes, device, progress=spec.progress)
+    rows = evaluate_predictor(predictor, test_view, protocol, adapter.classes, device, progress=spec.progress,
+                              predictions_dir=record.predictions_dir)
     eval_seconds = time.time() - t0
-    write_per_case(prep.directory / "per_case.csv", rows)
+    write_per_case(record.path("per_case.csv"), rows)
     provenance = {
         **records.environment(),
+        **determinism,
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(eval_seconds, 2),
         "stages": ctx.stage_log,
+        "artifacts": ctx.artifacts.listing(),
         "parameters": count_parameters(predictor),
         "network": protocol.net.name,
         "protocol_source": protocol.source,
         "split_source": prep.split_source,
         "method": method.provenance(),
         "generalists": ctx.generalist_provenance(),
-        "pseudo_label_quality": pseudo_label_summary(prep.directory),
+        "pseudo_label_quality": pseudo_label_summary(record.path("pseudo_label_quality.csv")),
     }
-    records.atomic_write_json(prep.directory / "provenance.json", provenance)
     summary = summarise(rows, config, n_labeled=len(prep.labeled_ids), n_unlabeled=len(prep.unlabeled_ids),
-                        n_test=len(prep.test_ids), paper_comparable=protocol.paper_comparable, oracle=False,
-                        record=str(prep.directory))
-    records.atomic_write_json(prep.directory / "summary.json", summary)
-    return summary
+                        n_test=len(prep.test_ids), oracle=False, external=False,
+                        method_defaults=dict(prep.method_cls.defaults))
+    return record.finish(provenance, summary)
 
 
 def run(spec: RunSpec) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..datasets.base import DatasetAdapter, Split
 from ..errors import ConfigError, DataError
-from .records import atomic_write_text
+from .records.store import atomic_write_text
 
 SPLIT_SEED = 0
 

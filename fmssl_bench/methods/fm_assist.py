@@ -25,7 +25,8 @@ import torch
 from ..foundation import Prompts, prompts_from_probability, uncertainty_entropy
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..benchmark.loop import Batch, RunContext
+    from ..api import Batch
+    from ..benchmark.training.context import RunContext
 
 PROMPT_MODES = ("box", "points", "box+points")
 
@@ -112,9 +113,8 @@ class GeneralistBranch:
 
     def report(self, batch: "Batch", targets: GeneralistTargets, tag: str) -> None:
         """Hand pseudo-labels to the runner, which scores them against labels the method never sees."""
-        score = self.ctx.hooks.get("score_pseudo_labels")
-        if score is not None:
-            score(batch.ids_u, targets.pseudo_labels, tag)
+        if self.ctx.score_pseudo_labels is not None:
+            self.ctx.score_pseudo_labels(batch.ids_u, targets.pseudo_labels, tag)
 
     def provenance(self) -> dict[str, Any]:
         return {

@@ -4,14 +4,15 @@ Student and EMA teacher (alpha = min(1 - 1/(step+1), 0.99)); the teacher sees th
 images with clamp(0.1 N(0,1), -0.2, 0.2) noise; consistency = softmax-MSE on the unlabeled part
 weighted by 0.1 * exp(-5 (1 - t/40)^2), t = iteration // iters_per_epoch (UA-MT: 150 iterations
 per "epoch", i.e. the ramp spans the 6000-iteration protocol; ``iters_per_epoch: auto`` keeps that
-ratio for shorter protocols: iterations / rampup_epochs). Supervised loss 0.5 * (CE + Dice).
+ratio for shorter stages: the stage's real length (``ctx.stage.total``, after ``--iterations``) /
+rampup_epochs). Supervised loss 0.5 * (CE + Dice).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .base import Method, StepOutput
+from ..api import Method, StepOutput
 from .ema import ema_update, make_teacher
 from .losses import softmax_mse, supervised_loss
 from .ramps import sigmoid_rampup
@@ -36,7 +37,7 @@ class TeacherStudent(Method):
     def epoch(self, iteration: int) -> int:
         per = self.args["iters_per_epoch"]
         if per == "auto":
-            per = max(1.0, self.ctx.protocol.train.iterations / self.args["rampup_epochs"])
+            per = max(1.0, self.ctx.stage.total / self.args["rampup_epochs"])
         return int(iteration // float(per))
 
     def consistency_weight(self, iteration: int) -> float:

@@ -6,7 +6,7 @@ import importlib
 from typing import Any
 
 from ..errors import ConfigError, unknown_name
-from .base import Method
+from ..api import Method
 
 _METHODS: dict[str, type[Method]] = {}
 _MODULES = ("supervised", "mean_teacher", "semisam", "sam_zero_shot")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .base import Method, StepOutput
+from ..api import Method, StepOutput
 from .registry import register_method
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .base import StepOutput
+from ..api import StepOutput
 from .fm_assist import GeneralistBranch, masked_mse
 from .losses import soft_target_ce_dice
 from .mean_teacher import TeacherStudent
@@ -52,17 +52,22 @@ def _names(value: str) -> list[str]:
 class FMAssistedTeacher(TeacherStudent):
     """Mean Teacher plus a generalist branch; subclasses define how generalist targets become a loss."""
 
+    @classmethod
+    def generalists_used(cls, args: dict[str, Any]) -> list[tuple[str, str | None]]:
+        names = _names(args["generalists"] if "generalists" in args else args["generalist"])
+        checkpoints = _names(args["fm_checkpoint"]) if args.get("fm_checkpoint") else [None] * len(names)
+        return list(zip(names, checkpoints))
+
     def setup(self) -> None:
         super().setup()
-        names = _names(self.args["generalists"] if "generalists" in self.args else self.args["generalist"])
-        checkpoints = _names(self.args["fm_checkpoint"]) if self.args["fm_checkpoint"] else None
-        self.branch = GeneralistBranch(self.ctx, names, checkpoints, prompt=self.args["prompt"],
+        pairs = self.generalists_used(self.args)
+        self.branch = GeneralistBranch(self.ctx, [n for n, _ in pairs], [c for _, c in pairs], prompt=self.args["prompt"],
                                        n_points=self.args["n_points"], n_neg=self.args["n_neg"],
                                        max_uncertainty=self.args["max_uncertainty"],
                                        slices_per_sample=self.args["slices_per_sample"], seed=self.ctx.seed)
 
     def sam_weight(self, iteration: int) -> float:
-        return self.args["sam_weight"] * sigmoid_rampdown(iteration, self.ctx.protocol.train.iterations)
+        return self.args["sam_weight"] * sigmoid_rampdown(iteration, self.ctx.stage.total)
 
     def generalist_loss(self, probs_u: torch.Tensor, logits_u: torch.Tensor, targets) -> torch.Tensor:
         raise NotImplementedError

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Method, StepOutput
+from ..api import Method, StepOutput
 from .losses import supervised_loss
 from .registry import register_method
 

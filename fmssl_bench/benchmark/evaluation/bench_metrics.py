@@ -12,7 +12,7 @@ detection included) >= ``TARGET_SPEEDUP``, median over repeats, and every metric
 ``MAX_DELTA`` of medpy.
 
     fmssl-bench bench metrics --data-root /data/LA [--repeats 3] [--cases N]
-    python -m fmssl_bench.benchmark.bench_metrics --data-root /data/LA
+    python -m fmssl_bench.benchmark.evaluation.bench_metrics --data-root /data/LA
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 
-from ..paths import data_root
+from ...paths import data_root
 from .metrics import METRICS, MetricConfig, confusion_counts, distance_metrics, evaluate_case, overlap_metrics
 
 TARGET_SPEEDUP = 10.0
@@ -91,7 +91,7 @@ def _default_root() -> Path | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    prog = "python -m fmssl_bench.benchmark.bench_metrics"
+    prog = "python -m fmssl_bench.benchmark.evaluation.bench_metrics"
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

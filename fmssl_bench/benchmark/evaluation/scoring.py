@@ -1,8 +1,8 @@
 """The evaluator: predictions on the test view, metrics per case x class, tidy rows, summaries.
 
 Kept apart from training (nnU-Net's separate evaluation module): it needs only a predictor, the
-test view and the protocol, so any method, or a foreign prediction folder later, is scored the
-same way.
+test view and the protocol, so any method, a run's saved predictions or an outside method's
+prediction folder (:mod:`.rescore`) is scored the same way.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import torch
 
 from .inference import predict
 from .metrics import METRICS, MetricConfig, evaluate_many
-from .protocol import Protocol
-from .records import atomic_write_text
-from .views import TestView, progress_bar
+from .predictions import save_prediction
+from ..protocol import Protocol
+from ..records.store import atomic_write_text
+from ..views import TestView, progress_bar
 
 FIELDS = ("case", "class", "metric", "metric_id", "value")
 
@@ -30,10 +31,16 @@ def metric_settings(protocol: Protocol) -> tuple[MetricConfig, bool]:
     options = dict(protocol.metrics)
     units = options.pop("units", "voxel")
     if units not in ("voxel", "mm"):
-        from ..errors import ConfigError
+        from ...errors import ConfigError
 
         raise ConfigError(f"{protocol.source}: metrics.units {units!r}; expected voxel or mm")
     return MetricConfig.from_dict(options), units == "mm"
+
+
+def metric_definitions(protocol: Protocol) -> dict[str, str]:
+    """The protocol's metric definitions with every default filled in (hd95, asd, empty_policy, units)."""
+    config, spacing_aware = metric_settings(protocol)
+    return {**config.to_dict(), "units": "mm" if spacing_aware else "voxel"}
 
 
 def score_predictions(items: list[tuple[str, np.ndarray, np.ndarray, Any]], classes: tuple[str, ...],
@@ -53,19 +60,34 @@ def score_predictions(items: list[tuple[str, np.ndarray, np.ndarray, Any]], clas
 
 
 def evaluate_predictor(net: torch.nn.Module, test: TestView, protocol: Protocol, classes: tuple[str, ...],
-                       device: torch.device, progress: bool = True) -> list[dict[str, Any]]:
+                       device: torch.device, progress: bool = True,
+                       predictions_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Predict every test case and score it; tidy rows as :func:`score_predictions`.
+
+    With ``predictions_dir`` each prediction is also saved there (:func:`.predictions.save_prediction`)
+    as soon as it is made, so the run can be re-scored later under other metric definitions
+    (``fmssl-bench evaluate RUN_DIR``) without retraining.
+    """
     items = []
     for case in progress_bar(progress, test, total=len(test), desc="inference", unit="case", every=max(1, len(test) // 10)):
-        items.append((case.case_id, predict(net, case.image, protocol, device), case.label, case.spacing))
+        pred = predict(net, case.image, protocol, device)
+        if predictions_dir is not None:
+            save_prediction(predictions_dir, case.case_id, pred, case.spacing, protocol.ndim)
+        items.append((case.case_id, pred, case.label, case.spacing))
     return score_predictions(items, classes, protocol)
 
 
-def write_per_case(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+def per_case_csv(rows: Iterable[dict[str, Any]]) -> str:
+    """The text of a ``per_case.csv`` (floats as ``repr``: re-scoring reproduces it byte for byte)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=FIELDS)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_per_case(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    atomic_write_text(path, per_case_csv(rows))
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -94,7 +116,7 @@ def summarise(rows: list[dict[str, Any]], config: dict[str, Any], **extra: Any) 
     classes["mean"] = {m: _stats(v) for m, v in mean_rows.items()}
     empty = {c: int(sum(ms.get("empty_pred", []))) for c, ms in by_class.items()}
     return {
-        **{k: config[k] for k in ("method", "dataset", "labeled", "seed", "protocol", "protocol_hash")},
+        **{k: config[k] for k in ("method", "dataset", "labeled", "seed", "protocol")},
         **extra,
         "metric_ids": metric_ids,
         "classes": classes,

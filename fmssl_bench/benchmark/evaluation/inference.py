@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
-from .protocol import InferenceConfig, Protocol
-from .views import resize_image
+from ..protocol import InferenceConfig, Protocol
+from ..views import resize_image
 
 
 def stride_to_overlap(patch: Sequence[int], stride: Sequence[int]) -> tuple[float, ...]:

@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ..errors import ConfigError, unknown_name
+from ...errors import ConfigError, unknown_name
 
 METRICS = ("dice", "jaccard", "hd95", "asd", "sensitivity")
 FLAGS = ("empty_pred", "empty_ref")  # 0.0 / 1.0 next to the metrics in every result row

@@ -1,0 +1,351 @@
+"""Leaderboards, computed from run records (never typed by hand).
+
+A row is a run identity without its seed (``row_key``, see :func:`.identity.row_identity`): the
+records of one row differ only in the seed, so anything else that changes the numbers (a method
+argument, a protocol field, an ``--iterations`` override, the split) makes another row. Rows of
+the same (dataset, protocol, method, labeled) that differ name what differs in the ``args`` column
+(``train.lr=0.3``, ``consistency=50``, ``iterations=10``), as do method arguments changed from the
+method's defaults and protocol fields changed from the named protocol file.
+
+Values are the mean over seeds of each run's mean over test cases (and classes), ± the sample
+standard deviation over seeds (ddof = 1; none with one seed), with the mean per-case standard
+deviation as the spread. The paper column holds the seed papers' printed number where the row is
+comparable with it (:mod:`.comparability` computes that), else why not.
+
+Old-format summaries (no ``row_key``) are shown under (dataset, protocol, method, labeled) with
+``old record format`` in ``args`` and a warning; they are never comparable with a paper.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+import os
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from tabulate import tabulate
+
+try:  # Python >= 3.11
+    from importlib.resources.abc import Traversable
+except ImportError:  # pragma: no cover - Python 3.10
+    from importlib.abc import Traversable
+
+from ...errors import FmsslError
+from ..evaluation.metrics import METRICS
+from .comparability import (PAPER_DATASETS, PAPER_METHODS, compare, describe, format_value, method_defaults,
+                            paper_candidates, paper_text, reference_fields)
+from .identity import flatten
+from .store import atomic_write_text
+
+__all__ = ["PAPER_DATASETS", "PAPER_METHODS", "aggregate", "find_summaries", "paper_dir", "paper_numbers",
+           "paper_value", "render", "write_leaderboards"]
+
+PERCENT = {"dice", "jaccard", "sensitivity"}
+PAPER_ENV = "FMSSL_PAPER_NUMBERS"
+LEGACY_ARGS = "old record format"
+#: identity fields that are columns of their own (or the seed-free part of the split)
+COLUMN_FIELDS = frozenset({"dataset", "method", "budget", "split.n_labeled", "split.n_unlabeled", "split.n_test"})
+#: identity prefixes dropped from the args text: ``protocol.train.lr`` reads ``train.lr``
+SHORT_PREFIXES = ("protocol.", "method_args.", "overrides.")
+#: fields whose values are digests; shortened in the args text
+DIGEST_PREFIXES = ("generalists.", "split.test")
+
+
+# --------------------------------------------------------------------------- paper numbers
+
+
+def paper_dir() -> Traversable:
+    """``$FMSSL_PAPER_NUMBERS`` if set, else the copy inside the package (works installed and in the image)."""
+    override = os.environ.get(PAPER_ENV)
+    if override:
+        return Path(override)
+    return resources.files("fmssl_bench") / "paper_numbers"
+
+
+def paper_numbers(directory: Path | Traversable | None = None) -> list[dict[str, str]]:
+    """Every printed number of the seed papers, one dict per CSV row (``paper,table,...,value``)."""
+    root = paper_dir() if directory is None else directory
+    rows: list[dict[str, str]] = []
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".csv"):
+            rows += list(csv.DictReader(io.StringIO(entry.read_text(encoding="utf-8"))))
+    return rows
+
+
+def paper_value(papers: list[dict[str, str]], dataset: str, method: str, labeled: str, metric: str = "dice") -> str:
+    """Printed paper numbers for a (dataset, method, labeled), e.g. ``88.12 (002 I)``, whatever the setting.
+
+    A lookup, not a comparability judgement (that is :func:`.comparability.compare`); empty when
+    nothing matches.
+    """
+    return "; ".join(dict.fromkeys(paper_text(r) for r in paper_candidates(papers, dataset, method, labeled, metric)))
+
+
+# --------------------------------------------------------------------------- reading records
+
+
+def find_summaries(root: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(Path(root).glob("**/summary.json")):
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            continue  # a summary is written atomically; an unreadable one is not ours
+        if isinstance(data, dict):
+            out.append(data)
+    return out
+
+
+def _is_summary(s: Mapping[str, Any]) -> bool:
+    return all(k in s for k in ("dataset", "method", "labeled"))
+
+
+def _is_legacy(s: Mapping[str, Any]) -> bool:
+    return not (s.get("row_key") and isinstance(s.get("row_identity"), Mapping))
+
+
+def _row_key(s: Mapping[str, Any]) -> tuple[str, ...]:
+    if _is_legacy(s):
+        return ("legacy", s["dataset"], str(s.get("protocol", "")), s["method"], str(s["labeled"]))
+    return ("row", s["row_key"])
+
+
+Groups = dict[tuple[str, ...], list[dict[str, Any]]]
+
+
+def _group_rows(summaries: Iterable[dict[str, Any]], dataset: str | None) -> Groups:
+    """Records by row; a record found twice (same ``identity_hash``, e.g. a copied folder) counts once."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    seen: set[str] = set()
+    skipped = legacy = 0
+    for s in summaries:
+        if not isinstance(s, Mapping) or not _is_summary(s):
+            skipped += 1
+            continue
+        if dataset and s["dataset"] != dataset:
+            continue
+        ident = s.get("identity_hash")
+        if ident and ident in seen:
+            continue
+        if ident:
+            seen.add(ident)
+        legacy += _is_legacy(s)
+        groups.setdefault(_row_key(s), []).append(s)
+    if skipped:
+        warnings.warn(f"leaderboard: skipped {skipped} summary file(s) without dataset/method/labeled", stacklevel=3)
+    if legacy:
+        warnings.warn(f"leaderboard: {legacy} record(s) in the old format (no run identity) are shown as "
+                      f"'{LEGACY_ARGS}' rows and are never paper-comparable; re-run them to get identities",
+                      stacklevel=3)
+    return groups
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof = 1) of the finite values; std is NaN below two values."""
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    if not finite:
+        return float("nan"), float("nan")
+    mean = sum(finite) / len(finite)
+    if len(finite) < 2:
+        return mean, float("nan")
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+
+
+def _stat(run: Mapping[str, Any], metric: str, key: str) -> float:
+    value = ((run.get("classes") or {}).get("mean") or {}).get(metric, {}).get(key)
+    return float("nan") if value is None else float(value)
+
+
+def _metric_columns(runs: list[dict[str, Any]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for metric in METRICS:
+        scale = 100.0 if metric in PERCENT else 1.0
+        out[metric], out[f"{metric}_std_seeds"] = _mean_std([_stat(r, metric, "mean") * scale for r in runs])
+        out[f"{metric}_std_cases"] = _mean_std([_stat(r, metric, "std") * scale for r in runs])[0]
+    return out
+
+
+# --------------------------------------------------------------------------- the args column
+
+
+def _identity_fields(s: Mapping[str, Any]) -> dict[str, Any]:
+    """A row's flattened identity (``protocol.train.lr``), without fields that are columns."""
+    if _is_legacy(s):
+        return {}
+    flat = flatten(s["row_identity"])
+    return {k: v for k, v in flat.items()
+            if k not in COLUMN_FIELDS and k != "protocol.paper_comparable" and v != {}}  # {}: nothing set
+
+
+def _named_protocol_fields(name: str) -> dict[str, Any] | None:
+    """The packaged protocol of that name, as ``protocol.<field>`` identity keys."""
+    try:
+        return {f"protocol.{k}": v for k, v in reference_fields(name).items()}
+    except FmsslError:
+        return None  # a protocol given as a path, or since removed: nothing to compare with
+
+
+def _changed_fields(s: Mapping[str, Any], fields: Mapping[str, Any]) -> list[str]:
+    """Fields that differ from defaults: method args vs the method's, protocol fields vs the named file, overrides."""
+    changed = [k for k in fields if k.startswith("overrides.")]
+    defaults = method_defaults(s) or {}
+    changed += [k for k in fields if k.startswith("method_args.") and k[len("method_args."):] in defaults
+                and fields[k] != defaults[k[len("method_args."):]]]
+    named = _named_protocol_fields(str(s.get("protocol", "")))
+    if named is not None:
+        changed += [k for k in fields if k.startswith("protocol.") and k in named
+                    and format_value(fields[k]) != format_value(named[k])]
+    return changed
+
+
+def _arg_text(key: str, value: Any) -> str:
+    name = next((key[len(p):] for p in SHORT_PREFIXES if key.startswith(p)), key)
+    text = format_value(value)
+    if key.startswith(DIGEST_PREFIXES) and len(text) > 10:
+        text = text[:8] + "…"
+    return f"{name}={text}"
+
+
+def _args_columns(rows: list[list[dict[str, Any]]]) -> list[str]:
+    """The args text of each row: fields varying among rows of its (dataset, protocol, method, labeled)
+    group, plus fields changed from the method's / protocol's defaults."""
+    fields = [_identity_fields(runs[0]) for runs in rows]
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, runs in enumerate(rows):
+        s = runs[0]
+        groups.setdefault((s["dataset"], str(s.get("protocol", "")), s["method"], str(s["labeled"])), []).append(i)
+    varying: dict[int, set[str]] = {}
+    for members in groups.values():
+        keys = set().union(*(fields[i] for i in members))
+        vary = {k for k in keys if len({format_value(fields[i].get(k, "—")) for i in members}) > 1}
+        for i in members:
+            varying[i] = vary
+    out = []
+    for i, runs in enumerate(rows):
+        if _is_legacy(runs[0]):
+            out.append(LEGACY_ARGS)
+            continue
+        keys = dict.fromkeys(k for k in sorted(varying[i]) + _changed_fields(runs[0], fields[i]) if k in fields[i])
+        out.append(", ".join(_arg_text(k, fields[i][k]) for k in keys))
+    return out
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _counts(s: Mapping[str, Any]) -> dict[str, Any]:
+    split = (s.get("row_identity") or {}).get("split") or {}
+    return {k: s.get(k, split.get(k)) for k in ("n_labeled", "n_unlabeled", "n_test")}
+
+
+def _row(runs: list[dict[str, Any]], args: str, papers: list[dict[str, str]]) -> dict[str, Any]:
+    first = runs[0]
+    protocols = "/".join(sorted({str(r.get("protocol", "")) for r in runs}))
+    row: dict[str, Any] = {
+        "dataset": first["dataset"], "protocol": protocols, "method": first["method"], "labeled": str(first["labeled"]),
+        "args": args, "seeds": len({r.get("seed") for r in runs}), **_counts(first), **_metric_columns(runs),
+        "empty_pred": sum(sum((r.get("empty_predictions") or {}).values()) for r in runs),
+        "oracle": any(r.get("oracle") for r in runs), "external": any(r.get("external") for r in runs),
+        "metric_ids": " ".join(sorted(set((first.get("metric_ids") or {}).values()) - PERCENT)),
+        "paper_dice": describe(compare({**first, **_counts(first)}, papers)),
+        "row_key": first.get("row_key", ""),
+    }
+    return row
+
+
+def aggregate(summaries: Iterable[dict[str, Any]], dataset: str | None = None) -> list[dict[str, Any]]:
+    """One leaderboard row per run identity without the seed (see the module docstring)."""
+    rows = [sorted(runs, key=lambda s: str(s.get("seed"))) for runs in _group_rows(summaries, dataset).values()]
+    ordered = sorted(zip(rows, _args_columns(rows)), key=lambda pair: (*_sort_key(pair[0][0]), pair[1]))
+    papers = paper_numbers()
+    return [_row(runs, args, papers) for runs, args in ordered]
+
+
+def _sort_key(s: Mapping[str, Any]) -> tuple[str, ...]:
+    labeled = str(s["labeled"])
+    return (s["dataset"], str(s.get("protocol", "")), s["method"], labeled.zfill(8) if labeled.isdigit() else labeled)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _fmt(row: dict[str, Any], metric: str) -> str:
+    mean = row[metric]
+    if math.isnan(mean):
+        return "n/a"
+    text = f"{mean:.2f}"
+    if not math.isnan(row[f"{metric}_std_seeds"]):
+        text += f" ± {row[f'{metric}_std_seeds']:.2f}"
+    if not math.isnan(row[f"{metric}_std_cases"]):
+        text += f" (±{row[f'{metric}_std_cases']:.1f})"
+    return text
+
+
+HEADERS = ["dataset", "protocol", "method", "labeled", "args", "L/U/test", "seeds", "Dice %", "Jaccard %", "HD95",
+           "ASD", "Sen %", "empty pred", "paper Dice %"]
+LEGEND = ("mean over test cases, ± sample std over seeds (ddof 1, from 2 seeds), (± mean per-case std); "
+          "args: what differs from the other rows of the same dataset/protocol/method/labeled or from the "
+          "defaults; paper Dice % only where the run's setting equals the paper's")
+
+
+def _split_text(r: Mapping[str, Any]) -> str:
+    return "/".join("?" if r.get(k) is None else str(r[k]) for k in ("n_labeled", "n_unlabeled", "n_test"))
+
+
+def display_rows(table: list[dict[str, Any]]) -> list[list[Any]]:
+    rows = []
+    for r in table:
+        method = r["method"] + (" [oracle]" if r["oracle"] else "") + (" [external]" if r.get("external") else "")
+        rows.append([r["dataset"], r["protocol"], method, r["labeled"], r["args"], _split_text(r), r["seeds"],
+                     *(_fmt(r, m) for m in METRICS), r["empty_pred"], r["paper_dice"]])
+    return rows
+
+
+def render(table: list[dict[str, Any]], fmt: str = "md") -> str:
+    if fmt == "csv":
+        return _render_csv(table)
+    rows = display_rows(table)
+    ids = sorted({r["metric_ids"] for r in table if r["metric_ids"]})
+    if fmt == "html":
+        body = tabulate(rows, headers=HEADERS, tablefmt="html")
+        notes = [LEGEND] + [f"distance metrics: {i}" for i in ids]
+        note = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
+        return f"<!doctype html><meta charset='utf-8'><title>fmssl-bench leaderboard</title>{body}{note}\n"
+    text = tabulate(rows, headers=HEADERS, tablefmt="github" if fmt == "md" else "simple")
+    legend = f"\n\n{LEGEND}" + (f"; distances in the units of the ids: {'; '.join(ids)}" if ids else "")
+    return text + (legend if table else "") + "\n"
+
+
+def _render_csv(table: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    keys = list(table[0]) if table else []
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(keys)
+    for r in table:
+        writer.writerow([_csv_cell(r[k]) for k in keys])
+    return buf.getvalue()
+
+
+def _csv_cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def write_leaderboards(table: list[dict[str, Any]], out_dir: Path, name: str = "leaderboard") -> list[Path]:
+    out_dir = Path(out_dir)
+    written = []
+    for fmt, ext in (("md", "md"), ("csv", "csv"), ("html", "html")):
+        path = out_dir / f"{name}.{ext}"
+        atomic_write_text(path, render(table, fmt))
+        written.append(path)
+    return written
