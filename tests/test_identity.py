@@ -121,3 +121,17 @@ def test_changed_argument_is_a_new_record_and_force_recomputes_only_that_one(tmp
     assert main(common + ["--method-arg", "consistency=50", "--force"]) == 0
     assert second.stat().st_mtime_ns != before_second  # recomputed
     assert first.stat().st_mtime_ns == before_first  # the default record is untouched
+
+
+def test_deterministic_is_recorded_not_part_of_the_identity(tmp_path, make_protocol):
+    import torch
+
+    proto = make_protocol("synthetic-2d", train={"iterations": 1, "checkpoint_every": 1})
+    assert key(tmp_path, protocol=proto, deterministic=True) == key(tmp_path, protocol=proto)
+    out = tmp_path / "det"
+    assert main(["--method", "supervised", "--dataset", "synthetic-2d", "--labeled", "4", "--protocol", proto,
+                 "--out", str(out), "--no-progress", "--deterministic"]) == 0
+    (prov,) = out.glob("synthetic-2d/supervised/*/*/*/provenance.json")
+    prov = json.loads(prov.read_text())
+    assert prov["deterministic"] and prov["deterministic_algorithms"] and prov["cudnn_deterministic"]
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the run

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -163,16 +164,27 @@ def announce_resume(directory: Path) -> None:
         say(f"resuming an interrupted run in {directory} (no checkpoint yet: starting from iteration 0)")
 
 
-def set_determinism(enabled: bool) -> dict[str, Any]:
-    """``--deterministic``: cuDNN deterministic and deterministic torch algorithms (GPU runs)."""
+@contextmanager
+def determinism(enabled: bool) -> Iterator[dict[str, Any]]:
+    """``--deterministic``: cuDNN deterministic and torch's deterministic algorithms for the run.
+
+    What it buys is written in the README ("Reproducibility"); the previous global settings are
+    restored afterwards, so one process can run several specs.
+    """
+    before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+              torch.are_deterministic_algorithms_enabled())
     if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS for determinism
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True)
-    return {"deterministic": enabled, "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
-            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+    try:
+        yield {"deterministic": enabled, "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+               "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+               "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[0], before[1]
+        torch.use_deterministic_algorithms(before[2])
 
 
 def execute(prep: Prepared) -> dict[str, Any]:
@@ -185,7 +197,12 @@ def execute(prep: Prepared) -> dict[str, Any]:
     if record.directory.exists():
         announce_resume(record.directory)
     device = resolve_device(spec.device)
-    determinism = set_determinism(spec.deterministic)
+    with determinism(spec.deterministic) as settings:
+        return _train_and_evaluate(prep, device, settings)
+
+
+def _train_and_evaluate(prep: Prepared, device: torch.device, settings: dict[str, Any]) -> dict[str, Any]:
+    spec, protocol, adapter, record = prep.spec, prep.protocol, prep.adapter, prep.record
     labeled_view = build_labeled_view(adapter, prep.labeled_ids, protocol.resize)
     unlabeled_view = build_unlabeled_view(adapter.image_reader(), prep.unlabeled_ids, protocol.resize)
     test_view = TestView(adapter, prep.test_ids, preload=True)
@@ -219,7 +236,7 @@ def execute(prep: Prepared) -> dict[str, Any]:
     write_per_case(record.path("per_case.csv"), rows)
     provenance = {
         **records.environment(),
-        **determinism,
+        **settings,
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(eval_seconds, 2),
         "stages": ctx.stage_log,

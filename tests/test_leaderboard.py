@@ -1,0 +1,227 @@
+"""Leaderboard rows are run identities; paper comparability is computed from them.
+
+Summaries are built as dicts in the runner's schema (no training), so every rule is checked with
+exact strings: seeds and their sample std, the args column, each not-comparable reason, and the
+packaged paper numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fmssl_bench.benchmark.evaluation.scoring import metric_settings
+from fmssl_bench.benchmark.protocol import load_protocol
+from fmssl_bench.benchmark.records import comparability
+from fmssl_bench.benchmark.records.identity import digest, flatten, result_fields, unflatten
+from fmssl_bench.benchmark.records.leaderboard import aggregate, paper_dir, paper_numbers, paper_value, render
+from fmssl_bench.methods.registry import method_class
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_PAPERS = ROOT / "fmssl_bench" / "paper_numbers"
+REPO_PAPERS = ROOT / "leaderboards" / "paper"
+N_PAPER_ROWS = 1354  # 000: 176, 001: 157, 002: 894, 003: 127
+
+
+def make_summary(method: str = "mean_teacher", dataset: str = "la", labeled: str = "16", seed: int = 0,
+                 protocol: str = "la", n: tuple[int, int, int] = (16, 64, 20), dice: float = 0.88,
+                 dice_std: float = 0.05, protocol_changes: dict[str, Any] | None = None,
+                 method_args: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    """A summary.json as the runner writes it (identity fields included), for a run that never happened."""
+    proto = load_protocol(protocol)
+    fields = {k: v for k, v in flatten(result_fields(proto.to_dict())).items() if k != "paper_comparable"}
+    fields.update(protocol_changes or {})
+    defaults = dict(method_class(method).defaults)
+    n_labeled, n_unlabeled, n_test = n
+    row_identity = json.loads(json.dumps({
+        "record_format": 2, "dataset": dataset, "dataset_options": {}, "method": method,
+        "method_args": {**defaults, **(method_args or {})}, "protocol": unflatten(fields),
+        "overrides": overrides or {}, "budget": labeled,
+        "split": {"n_labeled": n_labeled, "n_unlabeled": n_unlabeled, "n_test": n_test, "test": "0123456789abcdef"},
+        "generalists": {},
+    }))
+    config, spacing_aware = metric_settings(proto)
+    return {
+        "method": method, "dataset": dataset, "labeled": labeled, "seed": seed, "protocol": proto.name,
+        "identity_hash": digest({**row_identity, "seed": seed}), "row_key": digest(row_identity),
+        "row_identity": row_identity, "n_labeled": n_labeled, "n_unlabeled": n_unlabeled, "n_test": n_test,
+        "metric_ids": config.ids(spacing_aware),
+        "classes": {"mean": {"dice": {"mean": dice, "std": dice_std, "n": n_test, "n_nan": 0}}},
+        "empty_predictions": {"LA": 0}, "oracle": False, "external": False, "record": f"/runs/seed{seed}",
+        "method_defaults": defaults, **extra,
+    }
+
+
+def only_row(*summaries: dict[str, Any]) -> dict[str, Any]:
+    table = aggregate(list(summaries))
+    assert len(table) == 1, table
+    return table[0]
+
+
+# --------------------------------------------------------------------------- rows and seeds
+
+
+def test_two_seeds_of_one_identity_are_one_row_with_sample_std():
+    row = only_row(make_summary(seed=0, dice=0.80), make_summary(seed=1, dice=0.90))
+    assert row["seeds"] == 2
+    assert row["dice"] == pytest.approx(85.0)
+    assert row["dice_std_seeds"] == pytest.approx(math.sqrt(50.0))  # ddof=1: sqrt((5² + 5²) / 1)
+    assert row["args"] == ""
+    assert "| 85.00 ± 7.07 (±5.0) |" in render([row], "md")
+
+
+def test_one_seed_shows_no_std_over_seeds():
+    row = only_row(make_summary(dice=0.88))
+    assert row["seeds"] == 1 and math.isnan(row["dice_std_seeds"])
+    assert "| 88.00 (±5.0) |" in render([row], "md")
+    assert ",88.0000,," in render([row], "csv")  # the std over seeds is an empty cell, not 0
+
+
+def test_a_record_found_twice_counts_once():
+    s = make_summary()
+    assert only_row(s, dict(s))["seeds"] == 1
+
+
+def test_records_differing_in_lr_are_two_rows_named_by_args():
+    base = dict(method="supervised", dataset="synthetic-2d", protocol="synthetic-2d", labeled="4", n=(4, 20, 10))
+    table = aggregate([make_summary(**base), make_summary(**base, protocol_changes={"train.lr": 0.3}),
+                       make_summary(**base, seed=1, protocol_changes={"train.lr": 0.3})])
+    assert [(r["args"], r["seeds"]) for r in table] == [("train.lr=0.03", 1), ("train.lr=0.3", 2)]
+    assert "train.lr=0.3" in render(table, "md")
+
+
+def test_an_override_beside_the_plain_run_names_only_the_override():
+    table = aggregate([make_summary(), make_summary(overrides={"iterations": 10})])
+    assert [r["args"] for r in table] == ["", "iterations=10"]
+
+
+def test_changed_method_args_and_overrides_show_alone():
+    (mt,) = aggregate([make_summary(method_args={"consistency": 50})])
+    assert mt["args"] == "consistency=50"
+    (short,) = aggregate([make_summary(overrides={"iterations": 10})])
+    assert short["args"] == "iterations=10"
+
+
+def test_columns_of_every_format():
+    table = aggregate([make_summary()])
+    md = render(table, "md")
+    assert [h.strip() for h in md.splitlines()[0].split("|")[1:-1]] == [
+        "dataset", "protocol", "method", "labeled", "args", "L/U/test", "seeds", "Dice %", "Jaccard %", "HD95",
+        "ASD", "Sen %", "empty pred", "paper Dice %"]
+    assert [c.strip() for c in md.splitlines()[2].split("|")[1:8]] == [
+        "la", "la", "mean_teacher", "16", "", "16/64/20", "1"]
+    assert render(table, "csv").startswith("dataset,protocol,method,labeled,args,seeds,n_labeled,n_unlabeled,n_test,")
+    assert re.search(r"<th>args *</th>", render(table, "html"))
+
+
+def test_old_format_records_are_shown_with_a_warning_and_never_compared():
+    old = make_summary(labeled="16")
+    for key in ("row_key", "row_identity", "identity_hash", "method_defaults"):
+        old.pop(key)
+    with pytest.warns(UserWarning) as caught:
+        row = only_row(old, {"not": "a summary"})
+    assert sorted(str(w.message).split(" (")[0] for w in caught) == [
+        "leaderboard: 1 record(s) in the old format",
+        "leaderboard: skipped 1 summary file(s) without dataset/method/labeled"]
+    assert row["args"] == "old record format"
+    assert row["paper_dice"] == "not comparable: old record format (no run identity)"
+
+
+# --------------------------------------------------------------------------- comparability
+
+
+def test_exact_la_protocol_with_the_paper_split_shows_the_paper_value():
+    assert only_row(make_summary())["paper_dice"] == "88.12 (002 I)"  # MT 16/64, SFR Table I
+    # a supervised lower bound uses no unlabeled case: the paper's "16 / 0" matches a 16/64 split
+    assert only_row(make_summary(method="supervised"))["paper_dice"] == "86.03 (002 I)"
+
+
+def test_la_subset_train_pool_is_a_reason():
+    row = only_row(make_summary(labeled="4", n=(4, 26, 20)))
+    # 001 (SemiSAM) trained and tested on 128³ patches, not the la protocol's 112×112×80
+    assert row["paper_dice"] == ("not comparable: train pool 30 ≠ 80; inference.patch 112×112×80 ≠ 128×128×128; "
+                                 "train.patch 112×112×80 ≠ 128×128×128")
+
+
+def test_protocol_iterations_are_a_reason():
+    row = only_row(make_summary(protocol_changes={"train.iterations": 24}))
+    assert row["paper_dice"] == "not comparable: train.iterations 24 ≠ 6000"
+
+
+def test_an_iterations_override_is_a_reason():
+    row = only_row(make_summary(overrides={"iterations": 10}))
+    assert row["paper_dice"] == "not comparable: override iterations=10"
+
+
+def test_changed_method_args_and_metric_definitions_are_reasons():
+    assert only_row(make_summary(method_args={"consistency": 50}))["paper_dice"] == \
+        "not comparable: consistency 50 ≠ 0.1"
+    s = make_summary()
+    s["metric_ids"] = {**s["metric_ids"], "hd95": "hd95@max-directional/voxel;empty=worst"}
+    assert only_row(s)["paper_dice"] == \
+        "not comparable: hd95 hd95@max-directional/voxel;empty=worst ≠ hd95@medpy-pooled/voxel;empty=worst"
+
+
+def test_reasons_of_some_candidates_name_their_tables():
+    # 1 labeled MT: 001 I/II (128³ patches) and 002 VII (112×112×80); a 20-case test set of 10 fails both
+    row = only_row(make_summary(labeled="1", n=(1, 79, 10)))
+    assert row["paper_dice"] == ("not comparable: test set 10 ≠ 20; 001 I, 001 II: inference.patch 112×112×80 ≠ "
+                                 "128×128×128; 001 I, 001 II: train.patch 112×112×80 ≠ 128×128×128")
+
+
+def test_unknown_paper_setting_is_never_comparable():
+    row = only_row(make_summary(method="supervised", dataset="brats2019", protocol="brats2019", labeled="50",
+                                n=(50, 200, 60)))
+    assert row["paper_dice"] == ("not comparable: paper setting unknown: 002 prints 3D U-Net bounds for BraTS "
+                                 "(protocol brats2019: VNet) and no test-set size")
+
+
+def test_oracle_and_outside_predictions_are_never_comparable():
+    papers = paper_numbers()
+    oracle = comparability.compare(make_summary(oracle=True), papers)
+    assert [c.text for c in oracle] == ["88.12 (002 I)", "87.47 (002 VI)"]
+    assert all(c.reasons == ["oracle prompts from the test reference"] for c in oracle)
+    external = comparability.compare(make_summary(external=True), papers)
+    assert [c.reasons for c in external] == [["outside predictions (no training record)"]] * 2
+    assert only_row(make_summary(external=True))["paper_dice"] == \
+        "not comparable: outside predictions (no training record)"
+
+
+def test_semisam_is_compared_with_the_papers_generalist():
+    s = make_summary(method="semisam", labeled="4", n=(4, 76, 20),
+                     protocol_changes={"train.patch": [128, 128, 128], "inference.patch": [128, 128, 128]})
+    assert only_row(s)["paper_dice"] == "not comparable: generalist litemedsam ≠ sam-med3d"
+
+
+# --------------------------------------------------------------------------- paper numbers
+
+
+def test_paper_numbers_ship_in_the_package_and_equal_the_repository_copy():
+    packaged = sorted(p.name for p in PACKAGE_PAPERS.iterdir() if p.suffix in (".csv", ".md"))
+    assert packaged == ["000.csv", "001.csv", "002.csv", "003.csv", "NOTES-000-001-003.md", "NOTES-002.md"]
+    for name in packaged:
+        assert (PACKAGE_PAPERS / name).read_bytes() == (REPO_PAPERS / name).read_bytes(), name
+    assert Path(str(paper_dir())) == PACKAGE_PAPERS
+    assert len(paper_numbers()) == N_PAPER_ROWS
+
+
+def test_paper_numbers_are_package_data():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["fmssl_bench"]
+    assert "paper_numbers/*.csv" in data  # else a non-editable install (and the image) lacks them
+
+
+def test_paper_numbers_env_override(tmp_path, monkeypatch):
+    (tmp_path / "x.csv").write_text("paper,table,dataset,labeled,unlabeled,labeled_pct,method,base,structure,"
+                                    "metric,value,std,unit,note\n999,T,LA,4,,,MT,,,dice,12.34,,%,\n")
+    monkeypatch.setenv("FMSSL_PAPER_NUMBERS", str(tmp_path))
+    papers = paper_numbers()
+    assert paper_value(papers, "la", "mean_teacher", "4") == "12.34 (999 T)"
+    assert only_row(make_summary(labeled="4", n=(4, 76, 20)))["paper_dice"] == \
+        "not comparable: paper setting unknown"
