@@ -39,3 +39,27 @@ def make_folder2d(root: Path, n: int = 24, without_mask: int = 0, shape=(48, 56)
         if k < n - without_mask:
             Image.fromarray(((label > 0) * 255).astype(np.uint8)).save(root / "masks" / f"img{k:03d}.png")
     return root
+
+
+def kill_after_checkpoint(proc, root: Path, name: str, min_iteration: int, timeout: float = 240) -> tuple[Path, int]:
+    """SIGKILL ``proc`` once ``root/**/<name>`` holds an iteration >= ``min_iteration``; (path, iteration)."""
+    import signal
+    import time
+
+    import torch
+
+    deadline, ckpt = time.time() + timeout, None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(Path(root).glob(f"**/{name}"))
+        if found:
+            try:
+                if torch.load(found[0], weights_only=True)["iteration"] >= min_iteration:
+                    ckpt = found[0]
+                    break
+            except Exception:  # being replaced at this moment (atomic rename): look again
+                pass
+        time.sleep(0.1)
+    assert ckpt is not None, f"no {name} with iteration >= {min_iteration} appeared before the run ended"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return ckpt, int(torch.load(ckpt, weights_only=True)["iteration"])

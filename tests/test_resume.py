@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+from helpers import kill_after_checkpoint
 
 
 def cli(args):
@@ -26,18 +26,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, make_protocol):
     ref_out, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, ref_out
     interrupted = cli(common + ["--out", str(tmp_path / "cut")])
-    deadline = time.time() + 240
-    ckpt = None
-    while time.time() < deadline and interrupted.poll() is None:
-        found = list((tmp_path / "cut").glob("**/checkpoint_train.pt"))
-        if found and torch.load(found[0], weights_only=True)["iteration"] >= 10:
-            ckpt = found[0]
-            break
-        time.sleep(0.2)
-    assert ckpt is not None, "no checkpoint appeared before the run ended"
-    interrupted.send_signal(signal.SIGKILL)
-    interrupted.wait()
-    iteration_at_kill = torch.load(ckpt, weights_only=True)["iteration"]
+    ckpt, iteration_at_kill = kill_after_checkpoint(interrupted, tmp_path / "cut", "checkpoint_train.pt", 10)
     assert iteration_at_kill < 40 and not (ckpt.parent / "summary.json").exists()
 
     resumed = cli(common + ["--out", str(tmp_path / "cut")])

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from fmssl_bench.benchmark.protocol import load_protocol
 from fmssl_bench.benchmark.training.artifacts import ArtifactStore
 from fmssl_bench.benchmark.training.batches import stage_key
 from fmssl_bench.errors import ConfigError, FmsslError
+from helpers import kill_after_checkpoint
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,21 +84,7 @@ def test_kill_during_stage_two_resumes_and_matches_an_uninterrupted_run(tmp_path
     assert reference.returncode == 0, ref_out
 
     cut = _cli(common, tmp_path / "cut")
-    deadline, ckpt = time.time() + 240, None
-    while time.time() < deadline and cut.poll() is None:
-        found = list((tmp_path / "cut").glob("**/checkpoint_stage2.pt"))
-        if found:
-            try:
-                if torch.load(found[0], weights_only=True)["iteration"] >= 8:
-                    ckpt = found[0]
-                    break
-            except Exception:  # being replaced right now
-                pass
-        time.sleep(0.1)
-    assert ckpt is not None, "no stage-2 checkpoint appeared before the run ended"
-    cut.send_signal(signal.SIGKILL)
-    cut.wait()
-    reached = torch.load(ckpt, weights_only=True)["iteration"]
+    ckpt, reached = kill_after_checkpoint(cut, tmp_path / "cut", "checkpoint_stage2.pt", 8)
     assert reached < 40 and not (ckpt.parent / "summary.json").exists()
     stage1_mtime = (ckpt.parent / "artifacts" / "stage1" / "pseudo_labels.npz").stat().st_mtime_ns
 
