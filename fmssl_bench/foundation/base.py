@@ -19,7 +19,7 @@ import hashlib
 import resource
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -126,7 +126,13 @@ def _map_tensors(obj: Any, fn) -> Any:
 
 @dataclass
 class GeneralistStats:
-    """Cost counters reported with every run (encoder passes dominate the cost of a generalist)."""
+    """Cost counters reported with every run (encoder passes dominate the cost of a generalist).
+
+    ``distinct_items`` counts the distinct cache keys (image x model identity) requested, so
+    ``encoder_calls == distinct_items`` is the proof that nothing was encoded twice;
+    ``cache_hits == memory_hits + disk_hits``. The sam2 video tracker encodes frames itself,
+    outside the cache: it adds to ``encoder_calls`` only.
+    """
 
     encoder_calls: int = 0
     cache_hits: int = 0
@@ -134,9 +140,22 @@ class GeneralistStats:
     encode_seconds: float = 0.0
     decode_seconds: float = 0.0
     peak_memory_bytes: int = 0
+    distinct_items: int = 0
+    memory_hits: int = 0
+    disk_hits: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def tensors_sha256(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of named tensors, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(named, key=lambda item: item[0]):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -239,6 +258,7 @@ class Generalist(ABC):
         self.cache = cache if cache is not None else EmbeddingCache()
         self.stats = GeneralistStats()
         self._fingerprint: str | None = None
+        self._seen_keys: set[str] = set()
 
     def __repr__(self) -> str:
         return (
@@ -274,9 +294,16 @@ class Generalist(ABC):
     def encode_normalised(self, image01: np.ndarray) -> Embedding:
         """Encode an already normalised ``(3, H, W)`` image, through the embedding cache."""
         key = self.cache.key(image01, self._cache_identity())
-        state = self.cache.get(key)
+        if key not in self._seen_keys:
+            self._seen_keys.add(key)
+            self.stats.distinct_items += 1
+        state, source = self.cache.lookup(key)
         if state is not None:
             self.stats.cache_hits += 1
+            if source == "memory":
+                self.stats.memory_hits += 1
+            else:
+                self.stats.disk_hits += 1
             return Embedding.from_state(state, self.device, key)
         start = time.perf_counter()
         with torch.inference_mode():
@@ -285,8 +312,10 @@ class Generalist(ABC):
         self.stats.encode_seconds += time.perf_counter() - start
         self.stats.encoder_calls += 1
         self._update_peak_memory()
+        stored = self.cache.put(key, embedding.to_state())
+        if self.cache.lossy:  # hand out what later hits will return, so results never depend on hits
+            embedding = Embedding.from_state(stored, self.device, key)
         embedding.key = key
-        self.cache.put(key, embedding.to_state())
         return embedding
 
     def _cache_identity(self) -> str:
@@ -295,12 +324,7 @@ class Generalist(ABC):
     def _weights_fingerprint(self) -> str:
         """sha256 over the state dict, for models that did not come from a checkpoint file."""
         if self._fingerprint is None:
-            digest = hashlib.sha256()
-            for name, tensor in sorted(self.model.state_dict().items()):
-                digest.update(name.encode())
-                flat = tensor.detach().cpu().contiguous().reshape(-1)
-                digest.update(flat.view(torch.uint8).numpy().tobytes())
-            self._fingerprint = "state:" + digest.hexdigest()
+            self._fingerprint = "state:" + tensors_sha256(self.model.state_dict().items())
         return self._fingerprint
 
     # ----------------------------------------------------------------- decode
@@ -412,4 +436,5 @@ __all__ = [
     "box_from_mask",
     "normalise_intensities",
     "peak_memory_bytes",
+    "tensors_sha256",
 ]

@@ -66,6 +66,69 @@ def input_size(original: tuple[int, int], target: int, keep_aspect: bool) -> tup
     return (int(original[0] * scale + 0.5), int(original[1] * scale + 0.5))
 
 
+def sam_preprocess(
+    images01: torch.Tensor, img_size: int, recipe: SamInputRecipe
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """``(B, 3, H, W)`` images in [0, 1] -> ``(B, 3, img_size, img_size)`` encoder input, and the
+    (h, w) the images occupy inside it.
+
+    Differentiable (bilinear antialiased resize, per-image min-max, mean/std, zero padding), so
+    the frozen generalist (:meth:`SamGeneralist._encode`) and its fine-tuned copies
+    (:mod:`.trainable`) share one input recipe.
+    """
+    original = (int(images01.shape[-2]), int(images01.shape[-1]))
+    size = input_size(original, img_size, recipe.keep_aspect)
+    x = F.interpolate(images01 * 255.0, size, mode="bilinear", align_corners=False, antialias=True)
+    if recipe.minmax_after_resize:
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        x = (x - lo) / (hi - lo).clamp(min=1e-8) * 255.0
+    mean = torch.tensor(recipe.pixel_mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(recipe.pixel_std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    return F.pad(x, (0, img_size - size[1], 0, img_size - size[0])), size
+
+
+def sam_decode_logits(
+    model: nn.Module, img_size: int, embedding: Embedding, prompts: list[Prompts], multimask: bool
+) -> torch.Tensor:
+    """Prompts of one :meth:`Prompts.layout` -> ``(K, 1, H, W)`` mask logits at the original size.
+
+    Differentiable with respect to the embedding and the decoder; shared by
+    :class:`SamGeneralist` (which adds the sigmoid) and the trainable copies.
+    """
+    prompt_encoder, first = model.prompt_encoder, prompts[0]
+    image_embed = embedding.features["image_embed"]
+    device = image_embed.device
+    scale = coordinate_scale(embedding)
+    points = boxes = masks = None
+    if first.points is not None:
+        coords, labels = stacked_points(prompts)
+        points = (torch.as_tensor(coords * scale, device=device), torch.as_tensor(labels, device=device))
+    if first.box is not None:
+        boxes = torch.as_tensor(np.stack([p.box for p in prompts]) * np.tile(scale, 2), device=device)
+    if first.mask is not None:
+        masks = mask_prompt_logits(prompts, embedding, img_size, prompt_encoder.mask_input_size, device)
+    sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=masks)
+    low_res, scores = model.mask_decoder(
+        image_embeddings=image_embed,
+        image_pe=prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )
+    if multimask:
+        low_res = best_of_multimask(low_res, scores)
+    return low_res_to_original(low_res, embedding, img_size)
+
+
+def low_res_to_original(low_res: torch.Tensor, embedding: Embedding, img_size: int) -> torch.Tensor:
+    """Low-res logits -> model frame -> crop the padding -> original size (``Sam.postprocess_masks``)."""
+    x = F.interpolate(low_res, (img_size, img_size), mode="bilinear", align_corners=False)
+    x = x[..., : embedding.input_size[0], : embedding.input_size[1]]
+    return F.interpolate(x, embedding.original_size, mode="bilinear", align_corners=False)
+
+
 def coordinate_scale(embedding: Embedding) -> np.ndarray:
     """Per-axis (x, y) factor from original pixels to model-input pixels."""
     (h, w), (hi, wi) = embedding.original_size, embedding.input_size
@@ -114,8 +177,6 @@ class SamGeneralist(Generalist):
         self._model = model.to(self.device).eval()
         self.recipe = recipe
         self.img_size = int(model.prompt_encoder.input_image_size[0])
-        self._mean = torch.tensor(recipe.pixel_mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(recipe.pixel_std, device=self.device).view(1, 3, 1, 1)
 
     @property
     def model(self) -> nn.Module:
@@ -126,51 +187,13 @@ class SamGeneralist(Generalist):
 
     def _encode(self, image01: np.ndarray) -> Embedding:
         original = (int(image01.shape[1]), int(image01.shape[2]))
-        size = input_size(original, self.img_size, self.recipe.keep_aspect)
-        x = torch.from_numpy(image01).to(self.device)[None] * 255.0
-        x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
-        if self.recipe.minmax_after_resize:
-            x = (x - x.min()) / (x.max() - x.min()).clamp(min=1e-8) * 255.0
-        x = (x - self._mean) / self._std
-        x = F.pad(x, (0, self.img_size - size[1], 0, self.img_size - size[0]))
+        x, size = sam_preprocess(torch.from_numpy(image01).to(self.device)[None], self.img_size, self.recipe)
         features = self._model.image_encoder(x)
         return Embedding({"image_embed": features}, original, size)
 
     def _decode(self, embedding: Embedding, prompts: list[Prompts], multimask: bool) -> torch.Tensor:
-        prompt_encoder, first = self._model.prompt_encoder, prompts[0]
-        scale = coordinate_scale(embedding)
-        points = boxes = masks = None
-        if first.points is not None:
-            coords, labels = stacked_points(prompts)
-            points = (
-                torch.as_tensor(coords * scale, device=self.device),
-                torch.as_tensor(labels, device=self.device),
-            )
-        if first.box is not None:
-            boxes = torch.as_tensor(
-                np.stack([p.box for p in prompts]) * np.tile(scale, 2), device=self.device
-            )
-        if first.mask is not None:
-            masks = mask_prompt_logits(
-                prompts, embedding, self.img_size, prompt_encoder.mask_input_size, self.device
-            )
-        sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=masks)
-        low_res, scores = self._model.mask_decoder(
-            image_embeddings=embedding.features["image_embed"],
-            image_pe=prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
-        if multimask:
-            low_res = best_of_multimask(low_res, scores)
-        return torch.sigmoid(self._to_original(low_res, embedding))[:, 0]
-
-    def _to_original(self, low_res: torch.Tensor, embedding: Embedding) -> torch.Tensor:
-        """Low-res logits -> model frame -> crop the padding -> original size (``Sam.postprocess_masks``)."""
-        x = F.interpolate(low_res, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
-        x = x[..., : embedding.input_size[0], : embedding.input_size[1]]
-        return F.interpolate(x, embedding.original_size, mode="bilinear", align_corners=False)
+        logits = sam_decode_logits(self._model, self.img_size, embedding, prompts, multimask)
+        return torch.sigmoid(logits)[:, 0]
 
 
 # --------------------------------------------------------------------------- architectures
