@@ -15,7 +15,7 @@ from typing import Sequence
 
 from ..errors import FmsslError
 
-SUBCOMMANDS = ("run", "list", "leaderboard", "check-data", "bench", "oracle", "evaluate")
+SUBCOMMANDS = ("run", "list", "leaderboard", "check-data", "bench", "oracle", "evaluate", "grid")
 DEMO = {"dataset": "synthetic-2d", "methods": ("supervised", "mean_teacher"), "labeled": "4", "seed": 0}
 
 
@@ -36,6 +36,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action="store_true",
                    help="cuDNN deterministic + torch deterministic algorithms (GPU runs; recorded in provenance)")
     p.add_argument("--force", action="store_true", help="recompute this run's record even if it is complete")
+    p.add_argument("--no-wait", action="store_true",
+                   help="if another process is computing the same record, fail naming it instead of waiting")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--leaderboard-dir", default=None, help="where to write leaderboard files (default: <out>/leaderboards)")
 
@@ -59,6 +61,25 @@ def _add_oracle_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_grid_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", required=True, help="comma-separated method names")
+    p.add_argument("--datasets", required=True, help="comma-separated dataset names")
+    p.add_argument("--budgets", required=True, help="comma-separated label budgets (4,8 or 5%%,10%%)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--protocol", help="protocol name or YAML path (default: each dataset's paper protocol)")
+    p.add_argument("--data-root", help="dataset folder (one dataset only; default: $FMSSL_DATA/<dataset folder>)")
+    p.add_argument("--out", help="results root (default: $FMSSL_RESULTS or ./runs)")
+    p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE", help="for every method of the grid")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE", help="adapter option")
+    p.add_argument("--iterations", type=int, help="override every stage's iteration count (part of each identity)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local", help="local (one after the other) or ray")
+    p.add_argument("--address", help="Ray cluster address to join (default: start a local one)")
+    p.add_argument("--workers", type=int, default=None, help="local Ray cluster: parallel records (default 1)")
+    p.add_argument("--cpus-per-run", type=int, default=1, help="CPUs (and torch threads) per record on Ray (default 1)")
+    p.add_argument("--force", action="store_true", help="recompute every record of the grid")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fmssl-bench",
@@ -70,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(run)
     ls = sub.add_parser("list", help="list methods, datasets, protocols or generalists")
     ls.add_argument("what", choices=["methods", "datasets", "protocols", "generalists"])
+    ls.add_argument("--args", action="store_true", help="methods: each method's typed arguments (default, type, help)")
     lb = sub.add_parser("leaderboard", help="aggregate run records into leaderboard tables")
     lb.add_argument("--dataset")
     lb.add_argument("--format", choices=["md", "csv", "html"], default="md")
@@ -84,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rescore.add_arguments(sub.add_parser("evaluate", help="re-score a run's saved predictions, or score an outside "
                                                           "method's prediction folder on the same test split"))
+    _add_grid_args(sub.add_parser("grid", help="run the missing records of methods x datasets x budgets x seeds "
+                                               "(local or on a Ray cluster); finished ones are skipped, killed ones resume"))
     bench = sub.add_parser("bench", help="micro-benchmarks (metrics)")
     bench_sub = bench.add_subparsers(dest="bench_what", required=True)
     from .evaluation import bench_metrics
@@ -103,6 +127,13 @@ def _options(pairs: list[str]) -> dict:
     from ..methods.registry import parse_method_args
 
     return parse_method_args(pairs)
+
+
+def _method_args(pairs: list[str]) -> dict[str, str]:
+    """``--method-arg`` texts; each is parsed against the method's declared type in ``prepare``."""
+    from ..methods.registry import split_pairs
+
+    return split_pairs(pairs, "--method-arg")
 
 
 def _stage_iterations(pairs: list[str]) -> dict[str, int]:
@@ -127,17 +158,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         specs = [RunSpec(method=m, dataset=DEMO["dataset"], labeled=args.labeled or DEMO["labeled"], seed=args.seed,
                          protocol=args.protocol, out=args.out, device=args.device, force=args.force,
                          iterations=args.iterations, stage_iterations=_stage_iterations(args.stage_iterations),
-                         deterministic=args.deterministic, progress=not args.no_progress) for m in DEMO["methods"]]
+                         deterministic=args.deterministic, progress=not args.no_progress, wait=not args.no_wait)
+                 for m in DEMO["methods"]]
         print(f"fmssl-bench demo: {', '.join(DEMO['methods'])} on {DEMO['dataset']} with {specs[0].labeled} labeled cases")
     elif not (args.method and args.dataset):
         raise FmsslError("run: give both --method and --dataset (or neither, for the synthetic demo)")
     else:
         specs = [RunSpec(method=args.method, dataset=args.dataset, labeled=args.labeled or "10%", seed=args.seed,
                          protocol=args.protocol, data_root=args.data_root, out=args.out,
-                         method_args=_options(args.method_arg), dataset_options=_options(args.dataset_option),
+                         method_args=_method_args(args.method_arg), dataset_options=_options(args.dataset_option),
                          device=args.device, force=args.force, iterations=args.iterations,
                          stage_iterations=_stage_iterations(args.stage_iterations), deterministic=args.deterministic,
-                         progress=not args.no_progress)]
+                         progress=not args.no_progress, wait=not args.no_wait)]
     summaries = []
     for spec in specs:
         prep = prepare(spec)
@@ -161,11 +193,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grid(args: argparse.Namespace) -> int:
+    from .grid import grid_specs, parse_list, parse_seeds, run_grid
+
+    datasets = parse_list(args.datasets, "--datasets")
+    if args.data_root and len(datasets) > 1:
+        raise FmsslError("grid: --data-root names one folder; give one dataset or use $FMSSL_DATA")
+    specs = grid_specs(parse_list(args.methods, "--methods"), datasets, parse_list(args.budgets, "--budgets"),
+                       parse_seeds(args.seeds), protocol=args.protocol, data_root=args.data_root, out=args.out,
+                       method_args=_options(args.method_arg), dataset_options=_options(args.dataset_option),
+                       device=args.device, force=args.force, iterations=args.iterations, progress=False)
+    cells = run_grid(specs, executor=args.executor, address=args.address, workers=args.workers,
+                     cpus_per_run=args.cpus_per_run)
+    return 1 if any(c.status == "failed" for c in cells) else 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.args and args.what != "methods":
+        raise FmsslError(f"list {args.what} --args: --args applies to `list methods`")
     if args.what == "methods":
-        from ..methods.registry import describe_methods
+        from ..methods.registry import describe_arguments, describe_methods, method_class
 
         items = describe_methods()
+        if args.args:
+            width = max(map(len, items))
+            for name, text in items.items():
+                print(f"{name:<{width}}  {text}")
+                rows = describe_arguments(method_class(name))
+                if not rows:
+                    print("    (no arguments)")
+                widths = [max(len(r[i]) for r in rows) for i in range(3)] if rows else []
+                for arg, default, expected, help_text in rows:
+                    print(f"    {arg:<{widths[0]}}  = {default:<{widths[1]}}  {expected:<{widths[2]}}  {help_text}")
+            return 0
     elif args.what == "datasets":
         from ..datasets import dataset_class, dataset_names
 
@@ -240,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     args = parser.parse_args(argv)
     handlers = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "check-data": cmd_check_data,
-                "oracle": cmd_oracle}
+                "oracle": cmd_oracle, "grid": cmd_grid}
     if args.command == "evaluate":
         from .evaluation import rescore
 

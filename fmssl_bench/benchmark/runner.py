@@ -1,15 +1,20 @@
 """The runner: protocol + dataset + method + budget + seed -> a complete run record.
 
-Order matters for the "no partial run directory" promise: every input is resolved and every
-case is loaded and validated *before* the run directory is created. The run's identity (see
-:mod:`.records.identity`) names the record, so the same command finds the same record: a cache
-hit when complete, a resume when interrupted (said on the first line), and ``--force``
-recomputes exactly that record. ``summary.json`` is written last and marks the record complete.
+Order matters for the "nothing written on bad input" promise: every flag, protocol field and
+method argument is checked (:func:`prepare`) and every case is loaded and validated *before*
+anything is written, the seeded split file included (it is persisted when the record begins). The
+run's identity (see :mod:`.records.identity`) names the record, so the same command finds the
+same record: a cache hit when complete, a resume when interrupted (said on the first line), and
+``--force`` recomputes exactly that record. ``summary.json`` is written last and marks the record
+complete. Training and evaluation hold the record's lock (:meth:`Record.lock`), so concurrent
+runs on one results root (a grid, two terminals) never compute the same record twice: the second
+waits and then finds a cache hit.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +34,7 @@ from .evaluation.scoring import evaluate_predictor, summarise, write_per_case
 from .protocol import Protocol, load_protocol
 from .records import store as records
 from .records.identity import run_identity, split_identity
-from .splits import parse_budget, resolve_split, select_labeled
+from .splits import ResolvedSplit, parse_budget, resolve_split, select_labeled
 from .training.context import Overrides, RunContext
 from .training.loop import checkpoint_progress, say
 from .views import TestView, build_labeled_view, build_unlabeled_view
@@ -54,6 +59,8 @@ class RunSpec:
     stage_iterations: dict[str, int] = field(default_factory=dict)
     deterministic: bool = False
     progress: bool = True
+    wait: bool = True
+    """Another process computing the same record: wait for it (True) or fail naming it (``--no-wait``)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,6 +99,7 @@ class Prepared:
     overrides: Overrides
     generalists: dict[str, str | None]
     record: records.Record
+    split: ResolvedSplit | None = None
 
     @property
     def directory(self) -> Path:
@@ -100,13 +108,25 @@ class Prepared:
 
 def check_spec(spec: RunSpec) -> None:
     """Command-line ranges, before anything is read or written."""
-    if spec.seed < 0:
+    if not isinstance(spec.seed, int) or isinstance(spec.seed, bool) or spec.seed < 0:
         raise ConfigError(f"--seed {spec.seed}: expected a non-negative integer")
-    if spec.iterations is not None and spec.iterations < 1:
+    if spec.iterations is not None and (not isinstance(spec.iterations, int) or spec.iterations < 1):
         raise ConfigError(f"--iterations {spec.iterations}: expected at least 1")
     for stage, n in spec.stage_iterations.items():
         if not isinstance(n, int) or n < 1:
             raise ConfigError(f"--stage-iterations {stage}={n}: expected an integer of at least 1")
+    resolve_device(spec.device)
+
+
+def check_results_root(out: Path) -> None:
+    """The results root can be created and written (checked, not tried: nothing is written yet)."""
+    existing = Path(out).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, not a folder; expected a writable results folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {existing} is not writable; expected a writable results folder")
 
 
 def generalist_weights(pairs: list[tuple[str, str | None]]) -> dict[str, str | None]:
@@ -131,12 +151,13 @@ def prepare(spec: RunSpec) -> Prepared:
     protocol = load_protocol(spec.protocol or cls.default_protocol)
     if protocol.ndim != cls.ndim:
         raise ConfigError(f"--protocol {protocol.name}: a {protocol.ndim}D protocol; dataset {spec.dataset!r} is {cls.ndim}D")
-    args = resolve_method_args(method_cls, protocol.method_args.get(spec.method, {}), spec.method_args)
+    args = resolve_method_args(method_cls, protocol.method_args.get(spec.method, {}), spec.method_args, protocol.source)
     generalists = generalist_weights(method_cls.generalists_used(args))
     budget = parse_budget(spec.labeled)
     adapter = build_dataset(spec.dataset, resolve_data_root(spec.dataset, spec.data_root), **spec.dataset_options)
     out = Path(spec.out) if spec.out else paths.results_root()
-    split = resolve_split(adapter, out / "splits")
+    check_results_root(out)
+    split = resolve_split(adapter, out / "splits")  # writes nothing: persisted when the record begins
     labeled = select_labeled(adapter, split, budget, spec.seed)
     chosen = set(labeled)
     unlabeled = [i for i in split.train if i not in chosen]
@@ -148,11 +169,11 @@ def prepare(spec: RunSpec) -> Prepared:
         generalists=generalists, seed=spec.seed, budget=budget.text)
     record = records.Record.locate(out, spec.dataset, spec.method, budget.text, spec.seed, identity)
     return Prepared(spec, adapter, protocol, method_cls, args, labeled, unlabeled, test, split.source, overrides,
-                    generalists, record)
+                    generalists, record, split)
 
 
-def announce_resume(directory: Path) -> None:
-    """First line of a resumed run: which stage continues from which iteration."""
+def announce_resume(directory: Path) -> list[tuple[str, int, int]]:
+    """First line of a resumed run: which stage continues from which iteration (returns the progress)."""
     progress = checkpoint_progress(directory)
     unfinished = [(s, i, n) for s, i, n in progress if i < n]
     if unfinished:
@@ -162,6 +183,7 @@ def announce_resume(directory: Path) -> None:
         say(f"resuming after stage {progress[-1][0]} (finished; {len(progress)} stage checkpoint(s) found)")
     else:
         say(f"resuming an interrupted run in {directory} (no checkpoint yet: starting from iteration 0)")
+    return progress
 
 
 @contextmanager
@@ -187,33 +209,79 @@ def determinism(enabled: bool) -> Iterator[dict[str, Any]]:
         torch.use_deterministic_algorithms(before[2])
 
 
+@dataclass
+class Views:
+    labeled: Any
+    unlabeled: Any
+    test: TestView
+
+
+def load_views(prep: Prepared) -> Views:
+    """Every training and test case read and validated (the last check before anything is written)."""
+    protocol, adapter = prep.protocol, prep.adapter
+    return Views(build_labeled_view(adapter, prep.labeled_ids, protocol.resize),
+                 build_unlabeled_view(adapter.image_reader(), prep.unlabeled_ids, protocol.resize),
+                 TestView(adapter, prep.test_ids, preload=True))
+
+
+def drop_embedding_cache(folder: Path) -> dict[str, Any] | None:
+    """Delete a finished run's embedding cache (LA: gigabytes), keeping its size for provenance.
+
+    It lives in the record while the run may still resume (a resumed run encodes nothing twice);
+    once the record is complete, nothing reads it again.
+    """
+    if not folder.is_dir():
+        return None
+    files = [f for f in folder.iterdir() if f.is_file()]
+    info = {"entries": len(files), "bytes": sum(f.stat().st_size for f in files), "deleted_after_run": True}
+    shutil.rmtree(folder, ignore_errors=True)
+    return info
+
+
 def execute(prep: Prepared) -> dict[str, Any]:
-    """Train (or resume) and evaluate; returns the summary. Assumes :func:`prepare` succeeded."""
-    spec, protocol, adapter, record = prep.spec, prep.protocol, prep.adapter, prep.record
-    if spec.force:
-        record.reset()
-    if record.complete:
+    """Train (or resume) and evaluate holding the record's lock; returns the summary.
+
+    Assumes :func:`prepare` succeeded. The data and any checkpoints to resume from are checked
+    before the lock (whose file is the first thing written); after acquiring it the record is
+    looked at again, since the process that held it may have completed it.
+    """
+    spec, record = prep.spec, prep.record
+    if record.complete and not spec.force:
         return record.summary()
-    if record.directory.exists():
-        announce_resume(record.directory)
     device = resolve_device(spec.device)
-    with determinism(spec.deterministic) as settings:
-        return _train_and_evaluate(prep, device, settings)
+    announced = None
+    if record.directory.exists() and not spec.force and record.holder() is None:
+        try:  # the first line; a corrupt checkpoint is refused here, before anything is written
+            announced = announce_resume(record.directory)
+        except FileNotFoundError:  # being replaced or deleted (--force) by another process: see under the lock
+            pass
+    views = load_views(prep)
+    with record.lock(wait=spec.wait, say=say):
+        if spec.force:
+            record.reset()
+        elif record.complete:
+            say(f"cached: {record.directory} was completed by another process meanwhile")
+            return record.summary()
+        elif record.directory.exists() and checkpoint_progress(record.directory) != announced:
+            announce_resume(record.directory)  # another process advanced it while this one waited
+        with determinism(spec.deterministic) as settings:
+            return _train_and_evaluate(prep, views, device, settings)
 
 
-def _train_and_evaluate(prep: Prepared, device: torch.device, settings: dict[str, Any]) -> dict[str, Any]:
+def _train_and_evaluate(prep: Prepared, views: Views, device: torch.device, settings: dict[str, Any]) -> dict[str, Any]:
     spec, protocol, adapter, record = prep.spec, prep.protocol, prep.adapter, prep.record
-    labeled_view = build_labeled_view(adapter, prep.labeled_ids, protocol.resize)
-    unlabeled_view = build_unlabeled_view(adapter.image_reader(), prep.unlabeled_ids, protocol.resize)
-    test_view = TestView(adapter, prep.test_ids, preload=True)
+    labeled_view, unlabeled_view, test_view = views.labeled, views.unlabeled, views.test
     in_channels = labeled_view.images[0].shape[0]
 
     config = {
         "method": spec.method, "method_args": prep.method_args, "method_defaults": dict(prep.method_cls.defaults),
+        "method_arg_types": {name: arg.expected() for name, arg in prep.method_cls.arguments.items()},
         "dataset": spec.dataset, "data_root": str(adapter.root), "dataset_options": spec.dataset_options,
         "labeled": spec.labeled, "seed": spec.seed, "protocol": protocol.name, "protocol_resolved": protocol.to_dict(),
         "device": str(device), "overrides": prep.overrides.to_dict(), "deterministic": spec.deterministic,
     }
+    if prep.split is not None:
+        prep.split.persist()
     record.begin(config, {"source": prep.split_source, "labeled": prep.labeled_ids, "unlabeled": prep.unlabeled_ids,
                           "test": prep.test_ids})
     ctx = RunContext(
@@ -234,9 +302,11 @@ def _train_and_evaluate(prep: Prepared, device: torch.device, settings: dict[str
                               predictions_dir=record.predictions_dir)
     eval_seconds = time.time() - t0
     write_per_case(record.path("per_case.csv"), rows)
+    fm_cache = drop_embedding_cache(record.path("fm_cache"))
     provenance = {
         **records.environment(),
         **settings,
+        "computed_by": {k: v for k, v in records.owner_info().items() if k in ("pid", "host")},
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(eval_seconds, 2),
         "stages": ctx.stage_log,
@@ -247,6 +317,7 @@ def _train_and_evaluate(prep: Prepared, device: torch.device, settings: dict[str
         "split_source": prep.split_source,
         "method": method.provenance(),
         "generalists": ctx.generalist_provenance(),
+        "embedding_cache": fm_cache,
         "pseudo_label_quality": pseudo_label_summary(record.path("pseudo_label_quality.csv")),
     }
     summary = summarise(rows, config, n_labeled=len(prep.labeled_ids), n_unlabeled=len(prep.unlabeled_ids),

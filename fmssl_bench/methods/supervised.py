@@ -1,4 +1,8 @@
-"""Supervised baseline: the labeled cases only (``--labeled all`` gives the upper bound)."""
+"""Supervised baseline: the labeled cases only (``--labeled all`` gives the upper bound).
+
+Its batches hold ``batch_size`` labeled cases (UA-MT's supervised ``train_LA.py``: 4 labeled per
+batch), not only the ``labeled_bs`` of a semi-supervised batch.
+"""
 
 from __future__ import annotations
 

@@ -88,10 +88,16 @@ class RunContext:
 
     def two_stream(self, config: TrainConfig, labeled: LabeledView, unlabeled: UnlabeledView | None,
                    uses_unlabeled: bool) -> TwoStreamPatches:
-        """The default batch provider: UA-MT's labeled + unlabeled patch streams."""
-        unlabeled_bs = config.batch_size - config.labeled_bs if uses_unlabeled else 0
-        return TwoStreamPatches(labeled, unlabeled if uses_unlabeled else None, config, config.labeled_bs,
-                                unlabeled_bs, self.device)
+        """The default batch provider: UA-MT's labeled + unlabeled patch streams.
+
+        A method that uses no unlabeled data fills the whole batch with labeled cases, as UA-MT's
+        supervised baseline does (``train_LA.py``: batch 4, all labeled), so the lower bound is
+        not starved of gradient signal relative to the semi-supervised methods it is compared to.
+        """
+        if not uses_unlabeled:
+            return TwoStreamPatches(labeled, None, config, config.batch_size, 0, self.device)
+        return TwoStreamPatches(labeled, unlabeled, config, config.labeled_bs, config.batch_size - config.labeled_bs,
+                                self.device)
 
     def train(self, method: "Method", stage: str = "train", *, iterations: int | None = None,
               labeled: LabeledView | None = None, unlabeled: UnlabeledView | None = None,

@@ -1,0 +1,180 @@
+"""Grids: many records (methods x datasets x budgets x seeds) under one protocol, run or resumed.
+
+Every cell is an ordinary run spec; its identity decides what is left to do, so a grid can be
+stopped at any time and rerun to fill in what is missing: complete records are skipped, killed
+ones resume from their checkpoints. All cells are prepared (every name, flag, file and split
+checked) before the first one trains, so a typo in the last cell does not waste the first hours.
+
+Executors:
+
+- ``local``: one cell after the other in this process.
+- ``ray``: one Ray task per missing record, on a local Ray cluster (``--workers`` processes) or
+  an existing one (``--address``). Each task asks for the record's resources (``--cpus-per-run``
+  CPUs, one GPU when the device is CUDA), uses that many torch threads, and writes its record
+  into the shared results root, exactly as a local run would; the per-record lock keeps two tasks
+  from training the same record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ..errors import ConfigError, FmsslError
+from .runner import Prepared, RunSpec, execute, prepare
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell's outcome."""
+
+    spec: RunSpec
+    status: str  # "cached" | "done" | "failed"
+    record: str
+    dice: float | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def grid_specs(methods: Sequence[str], datasets: Sequence[str], budgets: Sequence[str], seeds: Sequence[int],
+               **common: Any) -> list[RunSpec]:
+    """The cross product, datasets outermost and seeds innermost (a partial grid is useful early)."""
+    for name, values in (("--methods", methods), ("--datasets", datasets), ("--budgets", budgets), ("--seeds", seeds)):
+        if not values:
+            raise ConfigError(f"grid: {name} is empty; expected a comma-separated list")
+    return [RunSpec(method=m, dataset=d, labeled=str(b), seed=int(s), **common)
+            for d in datasets for b in budgets for m in methods for s in seeds]
+
+
+def _dice(summary: dict[str, Any]) -> float | None:
+    try:
+        return float(summary["classes"]["mean"]["dice"]["mean"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _label(spec: RunSpec) -> str:
+    return f"{spec.method} {spec.dataset} labeled={spec.labeled} seed={spec.seed}"
+
+
+def run_cell(spec: RunSpec, threads: int | None = None) -> dict[str, Any]:
+    """Prepare and execute one cell (the unit a Ray task runs); returns the summary."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return execute(prepare(spec))
+
+
+def run_grid(specs: Sequence[RunSpec], executor: str = "local", address: str | None = None, workers: int | None = None,
+             cpus_per_run: int = 1, report: Callable[[str], None] = print) -> list[Cell]:
+    """Run every missing record of ``specs``; see the module docstring."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    if cpus_per_run < 1:
+        raise ConfigError(f"--cpus-per-run {cpus_per_run}: expected at least 1")
+    prepared: list[Prepared] = [prepare(spec) for spec in specs]  # every cell checked before any trains
+    seen: dict[str, RunSpec] = {}
+    for prep in prepared:
+        other = seen.setdefault(prep.record.key, prep.spec)
+        if other is not prep.spec:
+            raise ConfigError(f"grid: cells {_label(other)!r} and {_label(prep.spec)!r} are the same record")
+    cells = [Cell(p.spec, "cached", str(p.directory), _dice(p.record.summary())) for p in prepared if p.record.complete]
+    todo = [p for p in prepared if not p.record.complete]
+    report(f"grid: {len(prepared)} records, {len(cells)} complete, {len(todo)} to run ({executor})")
+    if executor == "local":
+        cells += _run_local(todo, report, len(cells), len(prepared))
+    else:
+        cells += _run_ray(todo, address, workers, cpus_per_run, report, len(cells), len(prepared))
+    failed = [c for c in cells if c.status == "failed"]
+    report(f"grid: {len(cells) - len(failed)}/{len(cells)} records complete" + (f", {len(failed)} failed" if failed else ""))
+    return cells
+
+
+def _progress(report: Callable[[str], None], done: int, total: int, cell: Cell) -> None:
+    dice = "" if cell.dice is None else f" Dice {100 * cell.dice:.2f}%"
+    what = cell.error if cell.status == "failed" else f"{cell.seconds:.0f} s{dice}"
+    report(f"grid {done}/{total} {cell.status}: {_label(cell.spec)}: {what}")
+
+
+def _run_local(todo: list[Prepared], report, done: int, total: int) -> list[Cell]:
+    cells = []
+    for prep in todo:
+        start = time.time()
+        try:
+            summary = execute(prep)
+            cell = Cell(prep.spec, "done", str(prep.directory), _dice(summary), time.time() - start)
+        except FmsslError as err:
+            cell = Cell(prep.spec, "failed", str(prep.directory), None, time.time() - start, str(err))
+        cells.append(cell)
+        done += 1
+        _progress(report, done, total, cell)
+    return cells
+
+
+def _run_ray(todo: list[Prepared], address: str | None, workers: int | None, cpus_per_run: int, report,
+             done: int, total: int) -> list[Cell]:
+    try:
+        import ray
+    except ImportError:
+        raise FmsslError("--executor ray needs the ray package: pip install 'ray>=2.9'") from None
+    if not todo:
+        return []
+    started_here = not ray.is_initialized()
+    if started_here:
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(num_cpus=(workers or 1) * cpus_per_run, **options)
+    try:
+        remote = ray.remote(_ray_task)
+        futures = {}
+        for prep in todo:
+            gpus = 1 if prep.spec.device.startswith("cuda") else 0
+            spec = dataclasses.replace(prep.spec, progress=False)
+            futures[remote.options(num_cpus=cpus_per_run, num_gpus=gpus).remote(spec, cpus_per_run)] = prep
+        cells = []
+        pending = list(futures)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            prep = futures[ready[0]]
+            status, payload, seconds = ray.get(ready[0])
+            cell = (Cell(prep.spec, "done", str(prep.directory), _dice(payload), seconds) if status == "done"
+                    else Cell(prep.spec, "failed", str(prep.directory), None, seconds, payload))
+            cells.append(cell)
+            done += 1
+            _progress(report, done, total, cell)
+        return cells
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray_task(spec: RunSpec, threads: int) -> tuple[str, Any, float]:
+    """What one Ray worker runs: a whole record; errors come back as text, not as a lost grid."""
+    start = time.time()
+    try:
+        return "done", run_cell(spec, threads), time.time() - start
+    except FmsslError as err:
+        return "failed", str(err), time.time() - start
+
+
+def parse_list(text: str | None, what: str) -> list[str]:
+    items = [t.strip() for t in (text or "").split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"grid: {what} is empty; expected a comma-separated list")
+    return items
+
+
+def parse_seeds(text: str | None) -> list[int]:
+    seeds = []
+    for item in parse_list(text, "--seeds"):
+        if not item.isdigit():
+            raise ConfigError(f"--seeds {text!r}: {item!r} is not a non-negative integer")
+        seeds.append(int(item))
+    return seeds
