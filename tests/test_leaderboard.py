@@ -20,7 +20,9 @@ from fmssl_bench.benchmark.evaluation.scoring import metric_settings
 from fmssl_bench.benchmark.protocol import load_protocol
 from fmssl_bench.benchmark.records import comparability
 from fmssl_bench.benchmark.records.identity import digest, flatten, result_fields, unflatten
-from fmssl_bench.benchmark.records.leaderboard import aggregate, paper_dir, paper_numbers, paper_value, render
+from fmssl_bench.benchmark.records.leaderboard import (STAT_HEADER, aggregate, find_summaries, paper_dir,
+                                                       paper_numbers, paper_value, render)
+from fmssl_bench.benchmark.records.statistics import MIN_PAIRS, compare_rows, paired_test
 from fmssl_bench.methods.registry import method_class
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +59,24 @@ def make_summary(method: str = "mean_teacher", dataset: str = "la", labeled: str
         "empty_predictions": {"LA": 0}, "oracle": False, "external": False, "record": f"/runs/seed{seed}",
         "method_defaults": defaults, **extra,
     }
+
+
+def write_record(root: Path, summary: dict[str, Any], dice: dict[str, float], classes: tuple[str, ...] = ("LA",)) -> Path:
+    """A record folder as the runner lays it out (summary.json, per_case.csv, provenance.json), for a fake run.
+
+    ``summary["record"]`` is left pointing elsewhere: the leaderboard must read beside the file it found.
+    """
+    folder = (root / summary["dataset"] / summary["method"] / f"labeled-{summary['labeled']}" / f"seed{summary['seed']}"
+              / summary["identity_hash"])
+    folder.mkdir(parents=True)
+    rows = ["case,class,metric,metric_id,value"]
+    for case, value in dice.items():
+        for cls in classes:
+            rows += [f"{case},{cls},dice,dice,{value!r}", f"{case},{cls},hd95,hd95@x,1.0"]
+    (folder / "per_case.csv").write_text("\n".join(rows) + "\n")
+    (folder / "provenance.json").write_text("{}\n")
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
 
 
 def only_row(*summaries: dict[str, Any]) -> dict[str, Any]:
@@ -225,3 +245,68 @@ def test_paper_numbers_env_override(tmp_path, monkeypatch):
     assert paper_value(papers, "la", "mean_teacher", "4") == "12.34 (999 T)"
     assert only_row(make_summary(labeled="4", n=(4, 76, 20)))["paper_dice"] == \
         "not comparable: paper setting unknown"
+
+
+# --------------------------------------------------------------------------- paired statistics
+
+
+def test_paired_test_matches_scipy_and_excludes_nan_pairwise():
+    from scipy import stats
+
+    a = {f"c{i}": 0.80 + 0.01 * i for i in range(12)}
+    b = {f"c{i}": 0.78 + 0.005 * i for i in range(12)}
+    a["c0"], b["c1"], b["only_b"] = float("nan"), float("nan"), 0.5  # two pairs dropped, one case unpaired
+    test = paired_test(a, b)
+    diff = [100 * (a[c] - b[c]) for c in sorted(a) if c not in ("c0", "c1")]
+    assert test.n == 10 and test.mean_diff == pytest.approx(sum(diff) / 10)
+    assert test.p == pytest.approx(stats.wilcoxon(diff).pvalue)
+    assert test.ci_low < test.mean_diff < test.ci_high and test.ci_method == "BCa"
+    assert test.significant and test.text().endswith(" *") and test.text().startswith("+")
+    assert paired_test(a, b) == test  # seeded: the same leaderboard every time
+
+
+def test_paired_test_says_why_not():
+    few = {f"c{i}": 0.5 + 0.01 * i for i in range(MIN_PAIRS - 1)}
+    assert paired_test(few, {c: 0.4 for c in few}).text() == f"n/a: {MIN_PAIRS - 1} paired cases (< {MIN_PAIRS})"
+    same = {f"c{i}": 0.5 + 0.01 * i for i in range(10)}
+    assert paired_test(same, dict(same)).text() == "n/a: all paired differences are zero"
+    shifted = paired_test({c: v + 0.02 for c, v in same.items()}, same)  # no spread: a point interval
+    assert (shifted.ci_low, shifted.ci_high) == pytest.approx((2.0, 2.0)) and shifted.ci_method == "constant difference"
+
+
+def test_methods_are_compared_with_the_supervised_row_of_their_budget(tmp_path):
+    cases = [f"case{i:02d}" for i in range(20)]
+    for seed in (0, 1):
+        write_record(tmp_path, make_summary(method="supervised", seed=seed, dice=0.80),
+                     {c: 0.70 + 0.01 * i + 0.002 * seed for i, c in enumerate(cases)})
+        write_record(tmp_path, make_summary(seed=seed, dice=0.85),
+                     {c: 0.75 + 0.012 * i - 0.002 * seed for i, c in enumerate(cases)})
+    write_record(tmp_path, make_summary(overrides={"iterations": 10}), {c: 0.5 for c in cases})  # another setting
+    table = aggregate(find_summaries(tmp_path))
+    mt, short, sup = table
+    assert (mt["method"], sup["method"], short["args"]) == ("mean_teacher", "supervised", "iterations=10")
+    assert sup["vs_supervised"] == "baseline"
+    assert short["vs_supervised"] == "n/a: no supervised row of this protocol and budget"
+    # per case: (0.75 + 0.012 i - 0.001) - (0.70 + 0.01 i + 0.001) averaged over seeds, in points
+    assert mt["delta_dice"] == pytest.approx(100 * (0.05 - 0.002 + 0.002 * 9.5))
+    assert mt["n_paired"] == 20 and mt["p_wilcoxon"] < 0.001 and mt["vs_supervised"].endswith("*")
+    assert compare_rows(mt, sup).mean_diff == pytest.approx(mt["delta_dice"])
+    md = render(table, "md")
+    assert STAT_HEADER in md.splitlines()[0] and "| baseline " in md and "BCa, 10000 resamples" in md
+    header = render(table, "csv").splitlines()[0].split(",")
+    assert {"delta_dice", "delta_ci_low", "delta_ci_high", "p_wilcoxon", "n_paired"} <= set(header)
+    assert not any(h.startswith("_") for h in header)
+
+
+def test_outside_predictions_are_compared_with_the_supervised_row_of_their_budget(tmp_path):
+    cases = [f"case{i:02d}" for i in range(10)]
+    write_record(tmp_path, make_summary(method="supervised", dice=0.8), {c: 0.7 + 0.01 * i for i, c in enumerate(cases)})
+    write_record(tmp_path, make_summary(method="supervised", dice=0.8, overrides={"iterations": 10}),
+                 {c: 0.1 for c in cases})  # a shortened baseline is not the one
+    identity = {"record_format": 2, "dataset": "la", "external": "my_method", "predictions": "ab12",
+                "split": {"test": "0123456789abcdef", "n_test": 20}}
+    outside = {**make_summary(external=True, dice=0.8), "method": "my_method", "row_identity": identity,
+               "row_key": digest(identity), "identity_hash": digest({**identity, "seed": 0})}
+    write_record(tmp_path, outside, {c: 0.72 + 0.01 * i for i, c in enumerate(cases)})
+    (row,) = [r for r in aggregate(find_summaries(tmp_path)) if r["method"] == "my_method"]
+    assert row["delta_dice"] == pytest.approx(2.0) and row["n_paired"] == 10

@@ -10,7 +10,9 @@ method's defaults and protocol fields changed from the named protocol file.
 Values are the mean over seeds of each run's mean over test cases (and classes), ± the sample
 standard deviation over seeds (ddof = 1; none with one seed), with the mean per-case standard
 deviation as the spread. The paper column holds the seed papers' printed number where the row is
-comparable with it (:mod:`.comparability` computes that), else why not.
+comparable with it (:mod:`.comparability` computes that), else why not. Each row is compared
+with the supervised row of its protocol and budget, paired over test cases (:mod:`.statistics`);
+the column appears when some row has such a baseline.
 
 Old-format summaries (no ``row_key``) are shown under (dataset, protocol, method, labeled) with
 ``old record format`` in ``args`` and a warning; they are never comparable with a paper.
@@ -41,10 +43,11 @@ from ..evaluation.metrics import METRICS
 from .comparability import (PAPER_DATASETS, PAPER_METHODS, compare, describe, format_value, method_defaults,
                             paper_candidates, paper_text, reference_fields)
 from .identity import flatten
+from .statistics import METHOD_TEXT, attach_baseline_tests, baseline_keys, case_dice
 from .store import atomic_write_text
 
-__all__ = ["PAPER_DATASETS", "PAPER_METHODS", "aggregate", "find_summaries", "paper_dir", "paper_numbers",
-           "paper_value", "render", "write_leaderboards"]
+__all__ = ["PAPER_DATASETS", "PAPER_METHODS", "aggregate", "find_summaries", "headers", "paper_dir", "paper_numbers",
+           "paper_value", "record_dir", "render", "write_leaderboards"]
 
 PERCENT = {"dice", "jaccard", "sensitivity"}
 PAPER_ENV = "FMSSL_PAPER_NUMBERS"
@@ -91,6 +94,11 @@ def paper_value(papers: list[dict[str, str]], dataset: str, method: str, labeled
 
 
 def find_summaries(root: Path) -> list[dict[str, Any]]:
+    """Every ``summary.json`` under ``root``; ``_dir`` is the folder it was found in.
+
+    ``summary["record"]`` is where the run wrote it; records are moved and committed elsewhere,
+    so the per-case values are read next to the file actually found (:func:`record_dir`).
+    """
     out = []
     for path in sorted(Path(root).glob("**/summary.json")):
         try:
@@ -98,8 +106,14 @@ def find_summaries(root: Path) -> list[dict[str, Any]]:
         except ValueError:
             continue  # a summary is written atomically; an unreadable one is not ours
         if isinstance(data, dict):
-            out.append(data)
+            out.append({**data, "_dir": str(path.parent)})
     return out
+
+
+def record_dir(s: Mapping[str, Any]) -> Path | None:
+    """The record folder of a summary: where it was found, else where it was written."""
+    where = s.get("_dir") or s.get("record")
+    return Path(where) if where else None
 
 
 def _is_summary(s: Mapping[str, Any]) -> bool:
@@ -248,7 +262,9 @@ def _counts(s: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _row(runs: list[dict[str, Any]], args: str, papers: list[dict[str, str]]) -> dict[str, Any]:
+    """A table row; keys starting with ``_`` are for the statistics and the HTML page, not the CSV."""
     first = runs[0]
+    comparisons = compare({**first, **_counts(first)}, papers)
     protocols = "/".join(sorted({str(r.get("protocol", "")) for r in runs}))
     row: dict[str, Any] = {
         "dataset": first["dataset"], "protocol": protocols, "method": first["method"], "labeled": str(first["labeled"]),
@@ -256,8 +272,11 @@ def _row(runs: list[dict[str, Any]], args: str, papers: list[dict[str, str]]) ->
         "empty_pred": sum(sum((r.get("empty_predictions") or {}).values()) for r in runs),
         "oracle": any(r.get("oracle") for r in runs), "external": any(r.get("external") for r in runs),
         "metric_ids": " ".join(sorted(set((first.get("metric_ids") or {}).values()) - PERCENT)),
-        "paper_dice": describe(compare({**first, **_counts(first)}, papers)),
+        "paper_dice": describe(comparisons),
         "row_key": first.get("row_key", ""),
+        "_comparisons": comparisons, "_baseline_keys": baseline_keys(first),
+        "_records": [(r.get("seed"), record_dir(r)) for r in runs],
+        "_case_dice": case_dice(record_dir(r) for r in runs),
     }
     return row
 
@@ -267,7 +286,9 @@ def aggregate(summaries: Iterable[dict[str, Any]], dataset: str | None = None) -
     rows = [sorted(runs, key=lambda s: str(s.get("seed"))) for runs in _group_rows(summaries, dataset).values()]
     ordered = sorted(zip(rows, _args_columns(rows)), key=lambda pair: (*_sort_key(pair[0][0]), pair[1]))
     papers = paper_numbers()
-    return [_row(runs, args, papers) for runs, args in ordered]
+    table = [_row(runs, args, papers) for runs, args in ordered]
+    attach_baseline_tests(table)
+    return table
 
 
 def _sort_key(s: Mapping[str, Any]) -> tuple[str, ...]:
@@ -292,9 +313,24 @@ def _fmt(row: dict[str, Any], metric: str) -> str:
 
 HEADERS = ["dataset", "protocol", "method", "labeled", "args", "L/U/test", "seeds", "Dice %", "Jaccard %", "HD95",
            "ASD", "Sen %", "empty pred", "paper Dice %"]
+STAT_HEADER = "Δ Dice vs supervised [95% CI], p"
 LEGEND = ("mean over test cases, ± sample std over seeds (ddof 1, from 2 seeds), (± mean per-case std); "
           "args: what differs from the other rows of the same dataset/protocol/method/labeled or from the "
           "defaults; paper Dice % only where the run's setting equals the paper's")
+STAT_LEGEND = f"{STAT_HEADER}: Dice % points against the supervised row of the same protocol and budget, {METHOD_TEXT}"
+
+
+def has_stat_column(table: list[dict[str, Any]]) -> bool:
+    """Whether some row has a supervised baseline to be compared with (else the column is left out)."""
+    return any(r.get("_has_baseline") for r in table)
+
+
+def headers(table: list[dict[str, Any]]) -> list[str]:
+    """The display columns of ``table``: :data:`HEADERS`, with the statistics after Dice where it has them."""
+    if not has_stat_column(table):
+        return list(HEADERS)
+    i = HEADERS.index("Dice %") + 1
+    return [*HEADERS[:i], STAT_HEADER, *HEADERS[i:]]
 
 
 def _split_text(r: Mapping[str, Any]) -> str:
@@ -302,32 +338,39 @@ def _split_text(r: Mapping[str, Any]) -> str:
 
 
 def display_rows(table: list[dict[str, Any]]) -> list[list[Any]]:
+    """Cell texts of ``table`` in the order of :func:`headers`."""
+    stat = has_stat_column(table)
     rows = []
     for r in table:
         method = r["method"] + (" [oracle]" if r["oracle"] else "") + (" [external]" if r.get("external") else "")
+        metrics = [_fmt(r, m) for m in METRICS]
+        if stat:
+            metrics.insert(METRICS.index("dice") + 1, r.get("vs_supervised", ""))
         rows.append([r["dataset"], r["protocol"], method, r["labeled"], r["args"], _split_text(r), r["seeds"],
-                     *(_fmt(r, m) for m in METRICS), r["empty_pred"], r["paper_dice"]])
+                     *metrics, r["empty_pred"], r["paper_dice"]])
     return rows
 
 
 def render(table: list[dict[str, Any]], fmt: str = "md") -> str:
     if fmt == "csv":
         return _render_csv(table)
-    rows = display_rows(table)
+    rows, cols = display_rows(table), headers(table)
     ids = sorted({r["metric_ids"] for r in table if r["metric_ids"]})
-    if fmt == "html":
-        body = tabulate(rows, headers=HEADERS, tablefmt="html")
-        notes = [LEGEND] + [f"distance metrics: {i}" for i in ids]
+    stat_legend = [STAT_LEGEND] if has_stat_column(table) else []
+    if fmt == "html":  # a bare table; the page people read is :mod:`.html_page`
+        body = tabulate(rows, headers=cols, tablefmt="html")
+        notes = [LEGEND, *stat_legend] + [f"distance metrics: {i}" for i in ids]
         note = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
         return f"<!doctype html><meta charset='utf-8'><title>fmssl-bench leaderboard</title>{body}{note}\n"
-    text = tabulate(rows, headers=HEADERS, tablefmt="github" if fmt == "md" else "simple")
+    text = tabulate(rows, headers=cols, tablefmt="github" if fmt == "md" else "simple")
     legend = f"\n\n{LEGEND}" + (f"; distances in the units of the ids: {'; '.join(ids)}" if ids else "")
+    legend += "".join(f"\n\n{t}" for t in stat_legend)
     return text + (legend if table else "") + "\n"
 
 
 def _render_csv(table: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    keys = list(table[0]) if table else []
+    keys = [k for k in table[0] if not k.startswith("_")] if table else []
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(keys)
     for r in table:
@@ -342,10 +385,16 @@ def _csv_cell(value: Any) -> str:
 
 
 def write_leaderboards(table: list[dict[str, Any]], out_dir: Path, name: str = "leaderboard") -> list[Path]:
+    """``<name>.md`` and ``.csv`` (:func:`render`) and ``<name>.html``, the self-contained page of
+    :mod:`.html_page` (figures, statistics, links to the records)."""
+    from .html_page import write_html_page
+
     out_dir = Path(out_dir)
     written = []
-    for fmt, ext in (("md", "md"), ("csv", "csv"), ("html", "html")):
-        path = out_dir / f"{name}.{ext}"
+    for fmt in ("md", "csv"):
+        path = out_dir / f"{name}.{fmt}"
         atomic_write_text(path, render(table, fmt))
         written.append(path)
+    datasets = {r["dataset"] for r in table}
+    written.append(write_html_page(table, datasets.pop() if len(datasets) == 1 else None, out_dir / f"{name}.html"))
     return written
