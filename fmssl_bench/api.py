@@ -1,7 +1,7 @@
 """The method API: the one home of the types a method author uses.
 
 A method subclasses :class:`Method`, declares its ``name``, a one-line ``description`` and its
-``defaults``, builds its networks in :meth:`Method.setup` and implements
+typed hyper-parameters (``arguments``: name -> :class:`Arg`, from which ``defaults`` is derived), builds its networks in :meth:`Method.setup` and implements
 :meth:`Method.training_step`. Multi-stage and multi-round methods (SFR, SamDSK, IFDL) override
 :meth:`Method.fit` and call ``self.ctx.train(self, stage=..., ...)`` once per stage, each with its
 own training configuration (the protocol's ``stages:`` section), batch provider, modules and
@@ -14,8 +14,12 @@ the training loop and the methods both depend on it and never on each other.
 
 from __future__ import annotations
 
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -73,16 +77,234 @@ class PseudoLabelScorer(Protocol):
     def __call__(self, ids: Sequence[str], labels: Sequence[np.ndarray], tag: str) -> None: ...
 
 
+# -- typed values: method arguments (``Arg``) and protocol fields share these checks ----------
+
+_NONE_TEXT = ("none", "null")
+_BOOL_TEXT = {"true": True, "false": False, "yes": True, "no": False}
+_INT_TEXT = re.compile(r"[+-]?\d+")
+_NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a text", "texts"),
+          bool: ("true or false", "true/false values")}
+
+
+def _alternatives(hint: Any) -> tuple[Any, ...]:
+    """The members of a union (``X | Y``, ``Optional[X]``), else the hint itself."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(a for member in typing.get_args(hint) for a in _alternatives(member))
+    return (type(None),) if hint is None else (hint,)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _match(value: Any, hint: Any) -> tuple[bool, Any]:
+    """Whether ``value`` is of type ``hint`` (one member of a union), and the value converted.
+
+    Strict: an integer is not a bool and a bool is not an integer; a float field accepts an
+    integer (converted to float); a tuple field accepts a list (converted to a tuple).
+    """
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True, value
+    if hint is type(None):
+        return value is None, None
+    if origin is Literal:
+        return any(type(value) is type(v) and value == v for v in typing.get_args(hint)), value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = _is_number(value) and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        matched = [_match(v, item) for v in value]
+        return all(ok for ok, _ in matched), tuple(v for _, v in matched)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict), value
+    raise TypeError(f"unsupported declared type {hint!r}")
+
+
+def _in_range(x: float, ge: float | None, gt: float | None, le: float | None, lt: float | None) -> bool:
+    return not ((ge is not None and x < ge) or (gt is not None and x <= gt)
+                or (le is not None and x > le) or (lt is not None and x >= lt))
+
+
+def _range_text(ge: float | None, gt: float | None, le: float | None, lt: float | None) -> str:
+    low = (f"[{ge:g}" if ge is not None else f"({gt:g}") if (ge is not None or gt is not None) else None
+    high = (f"{le:g}]" if le is not None else f"{lt:g})") if (le is not None or lt is not None) else None
+    if low and high:
+        return f" in {low}, {high}"
+    if low:
+        return f" >= {ge:g}" if ge is not None else f" > {gt:g}"
+    if high:
+        return f" <= {le:g}" if le is not None else f" < {lt:g}"
+    return ""
+
+
+def describe_type(hint: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+                  lt: float | None = None, choices: Sequence[Any] | None = None) -> str:
+    """What a value of ``hint`` with these bounds looks like, e.g. ``'auto' or a number > 0``."""
+    bounds = _range_text(ge, gt, le, lt)
+    parts = []
+    for alt in _alternatives(hint):
+        origin = typing.get_origin(alt)
+        if alt is type(None):
+            parts.append("none")
+        elif origin is Literal:
+            parts.append(" or ".join(repr(v) for v in typing.get_args(alt)))
+        elif alt is str and choices:
+            parts.append("one of " + ", ".join(map(str, choices)))
+        elif origin is tuple:
+            item = typing.get_args(alt)[0]
+            if item is str and choices:
+                parts.append("a list of names from " + ", ".join(map(str, choices)))
+            else:
+                parts.append("a list of " + _NOUNS.get(item, (None, str(item)))[1] + (bounds if item in (int, float) else ""))
+        elif alt in (int, float):
+            parts.append(_NOUNS[alt][0] + bounds)
+        elif alt in _NOUNS:
+            parts.append(_NOUNS[alt][0])
+        else:
+            parts.append("a mapping" if alt is dict or origin is dict else str(alt))
+    return " or ".join(parts)
+
+
+def check_value(value: Any, hint: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+                lt: float | None = None, choices: Sequence[Any] | None = None) -> Any:
+    """``value`` checked against a declared type and bounds, converted (int -> float, list -> tuple).
+
+    Bounds apply to numbers (and to the numbers of a list), ``choices`` to texts (and to the
+    texts of a list). Raises :class:`ValueError` whose message is :func:`describe_type`'s phrase.
+    """
+    rule = dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices)
+    for alt in _alternatives(hint):
+        ok, converted = _match(value, alt)
+        if not ok:
+            continue
+        items = converted if isinstance(converted, tuple) and typing.get_origin(alt) is tuple else (converted,)
+        for item in items:
+            if _is_number(item) and not _in_range(item, ge, gt, le, lt):
+                raise ValueError(describe_type(hint, **rule))
+            if isinstance(item, str) and choices and typing.get_origin(alt) is not Literal and item not in choices:
+                raise ValueError(describe_type(hint, **rule))
+        return converted
+    raise ValueError(describe_type(hint, **rule))
+
+
+def _parse_one(text: str, hint: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(hint)
+    low = text.strip().lower()
+    if hint is type(None):
+        return low in _NONE_TEXT, None
+    if origin is Literal:
+        for v in typing.get_args(hint):
+            if text == str(v):
+                return True, v
+        return False, None
+    if hint is bool:
+        return low in _BOOL_TEXT, _BOOL_TEXT.get(low)
+    if hint is int:
+        ok = bool(_INT_TEXT.fullmatch(text.strip()))
+        return ok, int(text) if ok else None
+    if hint is float:
+        try:
+            number = float(text)
+        except ValueError:
+            return False, None
+        return math.isfinite(number), number
+    if hint is str or hint is Any:
+        return True, text
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        parsed = [_parse_one(part.strip(), item) for part in text.split(",") if part.strip()]
+        return all(ok for ok, _ in parsed), tuple(v for _, v in parsed)
+    return False, None
+
+
+def parse_value(text: str, hint: Any, **rule: Any) -> Any:
+    """Text (``--method-arg key=TEXT``) read as the declared type: no guessing.
+
+    Members of a union are tried in order, a plain text last (so ``none`` is None for
+    ``str | None``); the value is then checked like :func:`check_value`.
+    """
+    alternatives = _alternatives(hint)
+    for alt in [a for a in alternatives if a is not str] + [a for a in alternatives if a is str]:
+        ok, value = _parse_one(text, alt)
+        if ok:
+            return check_value(value, hint, **rule)
+    raise ValueError(describe_type(hint, **rule))
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One typed hyper-parameter of a method: default, type, one-line help and bounds.
+
+    ``type`` is a Python type or annotation: ``int``, ``float``, ``bool``, ``str``, ``str | None``,
+    ``Literal["auto"] | float``. ``ge``/``gt``/``le``/``lt`` bound numbers; ``choices`` lists the
+    valid texts. ``--method-arg`` text is parsed against the type, protocol ``method_args``
+    values are checked against it, both before anything is written.
+    """
+
+    default: Any
+    type: Any
+    help: str
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def _rule(self) -> dict[str, Any]:
+        return dict(ge=self.ge, gt=self.gt, le=self.le, lt=self.lt, choices=self.choices)
+
+    def check(self, value: Any) -> Any:
+        """A typed value (protocol YAML, Python) checked and converted; ValueError says what was expected."""
+        return check_value(value, self.type, **self._rule())
+
+    def parse(self, text: str) -> Any:
+        """Command-line text parsed as the declared type and checked."""
+        return parse_value(text, self.type, **self._rule())
+
+    def expected(self) -> str:
+        """E.g. ``a number in [0, 1)``."""
+        return describe_type(self.type, **self._rule())
+
+
 class Method:
     """The part that is new about a method, on top of the shared loop (see the module docstring)."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    arguments: ClassVar[dict[str, Arg]] = {}
+    """Typed hyper-parameters, name -> :class:`Arg`; overridable by the protocol's ``method_args``
+    and ``--method-arg``, shown by ``fmssl-bench list methods --args``."""
     defaults: ClassVar[dict[str, Any]] = {}
+    """Derived from ``arguments`` (name -> default value); declare ``arguments``, not this."""
     uses_unlabeled: ClassVar[bool] = True
     """False: batches carry labeled cases only (batch size = the stage's ``labeled_bs``)."""
     deviations: ClassVar[list[str]] = []
     """How this implementation departs from the paper; recorded in every run's provenance."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "defaults" in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: declare typed `arguments = {{name: Arg(default, type, help)}}`; "
+                            "`defaults` is derived from them")
+        defaults = {}
+        for key, arg in cls.arguments.items():
+            if not isinstance(arg, Arg):
+                raise TypeError(f"{cls.__name__}.arguments[{key!r}]: expected an Arg(default, type, help), got {arg!r}")
+            try:
+                defaults[key] = arg.check(arg.default)
+            except ValueError as err:
+                raise TypeError(f"{cls.__name__}.arguments[{key!r}]: default {arg.default!r} is not {err}") from None
+        cls.defaults = defaults
 
     def __init__(self, ctx: "RunContext", **args: Any) -> None:
         self.ctx = ctx

@@ -38,6 +38,13 @@ def test_list_commands(capsys):
         assert name in out
 
 
+def test_list_methods_shows_typed_arguments(capsys):
+    assert cli.main(["list", "methods", "--args"]) == 0
+    out = capsys.readouterr().out
+    assert "ema_decay" in out and "a number in [0, 1)" in out and "'auto' or a number > 0" in out
+    assert "one of box, points, box+points" in out and "(no arguments)" in out
+
+
 def test_entrypoint_form_runs_and_leaderboard_reads_records(tmp_path, make_protocol, capsys):
     proto = make_protocol("synthetic-3d", train={"iterations": 2, "checkpoint_every": 2})
     out = tmp_path / "runs"

@@ -135,3 +135,38 @@ def test_deterministic_is_recorded_not_part_of_the_identity(tmp_path, make_proto
     prov = json.loads(prov.read_text())
     assert prov["deterministic"] and prov["deterministic_algorithms"] and prov["cudnn_deterministic"]
     assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
+
+
+def test_typed_arguments_give_one_identity_for_equal_values(tmp_path, proto):
+    path = proto()
+    base = key(tmp_path, protocol=path)
+    # --method-arg text is parsed as the declared type: "0.1" is the default 0.1, "40" is 40.0
+    for text in ({"consistency": "0.1"}, {"consistency": "1e-1"}, {"rampup_epochs": "40"}, {"ema_decay": 0.99}):
+        assert key(tmp_path, protocol=path, method_args=text) == base, text
+    assert key(tmp_path, protocol=proto(method_args={"mean_teacher": {"rampup_epochs": 40}})) == base  # YAML int
+    identity = prepare(RunSpec(method="mean_teacher", dataset="synthetic-2d", labeled="4", protocol=path,
+                               out=str(tmp_path / "runs"), method_args={"iters_per_epoch": "150"})).record.identity
+    assert identity["method_args"]["iters_per_epoch"] == 150.0 and isinstance(identity["method_args"]["iters_per_epoch"], float)
+
+
+def test_methods_declare_typed_arguments():
+    from typing import Literal
+
+    from fmssl_bench.api import Arg, Method
+    from fmssl_bench.methods.registry import method_class, method_names
+
+    for name in method_names():  # every method: defaults are derived from its typed declarations
+        cls = method_class(name)
+        assert cls.defaults == {k: a.check(a.default) for k, a in cls.arguments.items()}
+    with pytest.raises(TypeError, match="declare typed `arguments"):
+        type("Old", (Method,), {"defaults": {"weight": 0.1}})
+    with pytest.raises(TypeError, match="default 2.0 is not a number in \\[0, 1\\)"):
+        type("Bad", (Method,), {"arguments": {"decay": Arg(2.0, float, "x", ge=0, lt=1)}})
+    arg = Arg("auto", Literal["auto"] | float, "x", gt=0)
+    assert arg.parse("auto") == "auto" and arg.parse("3") == 3.0 and arg.check(3) == 3.0
+    for bad in ("fast", "0", "nan"):
+        with pytest.raises(ValueError, match="'auto' or a number > 0"):
+            arg.parse(bad)
+    with pytest.raises(ValueError):
+        Arg(1, int, "x").check(True)  # a bool is not an integer
+    assert Arg(None, str | None, "x").parse("none") is None and Arg(None, str | None, "x").parse("a.pth") == "a.pth"

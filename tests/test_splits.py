@@ -43,8 +43,23 @@ def test_seeded_split_is_written_once_and_reused(tmp_path):
     adapter = build_dataset("folder2d", root)
     first = resolve_split(adapter, tmp_path / "splits")
     path = tmp_path / "splits" / "folder2d.json"
+    assert not path.exists()  # resolving writes nothing: the runner persists the split when the record begins
+    first.persist()
     saved = json.loads(path.read_text())
     assert saved["test"] == first.test and len(first.test) == 2 and len(first.train) == 18
     saved["test"], saved["train"] = saved["train"][:2], saved["train"][2:] + saved["test"]
     path.write_text(json.dumps(saved))  # a saved split is authoritative, even if regeneration differs
     assert resolve_split(adapter, tmp_path / "splits").test == saved["test"]
+
+
+def test_a_run_refused_during_validation_writes_no_split(tmp_path, make_protocol, capsys):
+    from fmssl_bench.benchmark.cli import main
+
+    root = make_folder2d(tmp_path / "f", n=12)
+    proto = make_protocol("synthetic-2d", resize=[32, 32], train={"iterations": 1, "patch": [32, 32]})
+    common = ["--method", "supervised", "--dataset", "folder2d", "--data-root", str(root), "--protocol", proto,
+              "--out", str(tmp_path / "runs"), "--no-progress"]
+    assert main(common + ["--labeled", "99"]) == 2  # refused after the split was resolved
+    assert "--labeled 99" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+    assert main(common + ["--labeled", "2"]) == 0  # a run that begins persists it
+    assert json.loads((tmp_path / "runs" / "splits" / "folder2d.json").read_text())["source"].startswith("seeded split")

@@ -184,48 +184,51 @@ def run_oracle(generalist: str, dataset: str, data_root: str | Path | None = Non
         protocol=proto.to_dict(), overrides={"max_cases": max_cases}, split=split_identity([], [], test_ids),
         generalists={fm.name: fm.weights_sha256}, seed=seed, budget=labeled)
     record = records.Record.locate(root, dataset, METHOD, labeled, seed, identity)
-    if force:
-        record.reset()
-    if record.complete:
+    if record.complete and not force:
         return record.summary()
     test_view = TestView(adapter, test_ids, preload=True)  # bad test data fails before anything is written
+    with record.lock():  # one process computes a record; the others wait, then find it complete
+        if force:
+            record.reset()
+        elif record.complete:
+            return record.summary()
+        generalist_info = {"name": fm.name, "checkpoint": fm.checkpoint, "weights_sha256": fm.weights_sha256}
+        config = {
+            "method": METHOD, "oracle": True, "dataset": dataset, "data_root": str(adapter.root),
+            "dataset_options": dataset_options or {}, "labeled": labeled, "seed": seed, "protocol": proto.name,
+            "protocol_resolved": proto.to_dict(), "device": str(torch_device), "generalist": generalist_info,
+            "method_args": method_args, "max_cases": max_cases, "n_test_split": len(split.test),
+        }
+        split.persist()
+        record.begin(config, {"source": split.source, "labeled": [], "unlabeled": [], "test": test_ids})
 
-    generalist_info = {"name": fm.name, "checkpoint": fm.checkpoint, "weights_sha256": fm.weights_sha256}
-    config = {
-        "method": METHOD, "oracle": True, "dataset": dataset, "data_root": str(adapter.root),
-        "dataset_options": dataset_options or {}, "labeled": labeled, "seed": seed, "protocol": proto.name,
-        "protocol_resolved": proto.to_dict(), "device": str(torch_device), "generalist": generalist_info,
-        "method_args": method_args, "max_cases": max_cases, "n_test_split": len(split.test),
-    }
-    record.begin(config, {"source": split.source, "labeled": [], "unlabeled": [], "test": test_ids})
-
-    items, n_prompts, n_images = [], 0, 0
-    t0 = time.time()
-    bar = progress_bar(progress, test_view, total=len(test_view), desc=f"oracle {fm.name}", unit="case",
-                       every=max(1, len(test_view) // 10))
-    for case in bar:
-        crc = zlib.crc32(case.case_id.encode())
-        rngs = {c: np.random.default_rng([seed, crc, c]) for c in range(1, len(adapter.classes))}
-        pred, n, m = predict_case(fm, case.image, case.label, len(adapter.classes), prompt, n_points, rngs)
-        items.append((case.case_id, pred, case.label, case.spacing))
-        n_prompts, n_images = n_prompts + n, n_images + m
-    segment_seconds = time.time() - t0
-    t0 = time.time()
-    rows = score_predictions(items, adapter.classes, proto)
-    score_seconds = time.time() - t0
-    write_per_case(record.path("per_case.csv"), rows)
-    for case_id, pred, _, spacing in items:
-        save_prediction(record.predictions_dir, case_id, pred, spacing, cls.ndim)
-    provenance = {
-        **records.environment(),
-        "segment_seconds": round(segment_seconds, 2),
-        "score_seconds": round(score_seconds, 2),
-        "eval_seconds": round(segment_seconds + score_seconds, 2),
-        "protocol_source": proto.source,
-        "split_source": split.source,
-        "generalist": {**generalist_info, "device": str(fm.device), "stats": fm.stats.to_dict()},
-        "prompts": n_prompts,
-        "images_encoded": n_images,
-    }
-    summary = summarise(rows, config, n_labeled=0, n_unlabeled=0, n_test=len(test_ids), oracle=True, external=False)
-    return record.finish(provenance, summary)
+        items, n_prompts, n_images = [], 0, 0
+        t0 = time.time()
+        bar = progress_bar(progress, test_view, total=len(test_view), desc=f"oracle {fm.name}", unit="case",
+                           every=max(1, len(test_view) // 10))
+        for case in bar:
+            crc = zlib.crc32(case.case_id.encode())
+            rngs = {c: np.random.default_rng([seed, crc, c]) for c in range(1, len(adapter.classes))}
+            pred, n, m = predict_case(fm, case.image, case.label, len(adapter.classes), prompt, n_points, rngs)
+            items.append((case.case_id, pred, case.label, case.spacing))
+            n_prompts, n_images = n_prompts + n, n_images + m
+        segment_seconds = time.time() - t0
+        t0 = time.time()
+        rows = score_predictions(items, adapter.classes, proto)
+        score_seconds = time.time() - t0
+        write_per_case(record.path("per_case.csv"), rows)
+        for case_id, pred, _, spacing in items:
+            save_prediction(record.predictions_dir, case_id, pred, spacing, cls.ndim)
+        provenance = {
+            **records.environment(),
+            "segment_seconds": round(segment_seconds, 2),
+            "score_seconds": round(score_seconds, 2),
+            "eval_seconds": round(segment_seconds + score_seconds, 2),
+            "protocol_source": proto.source,
+            "split_source": split.source,
+            "generalist": {**generalist_info, "device": str(fm.device), "stats": fm.stats.to_dict()},
+            "prompts": n_prompts,
+            "images_encoded": n_images,
+        }
+        summary = summarise(rows, config, n_labeled=0, n_unlabeled=0, n_test=len(test_ids), oracle=True, external=False)
+        return record.finish(provenance, summary)

@@ -14,66 +14,83 @@ be set beside a paper's number is computed from these fields, never declared her
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..api import check_value
 from ..errors import ConfigError, unknown_name
+from .training.augment import KNOWN_AUGMENTATIONS
 
 PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "protocols"
 
 
+NETS = ("vnet", "unet2d", "unet3d")
+NET_DIMS = {"vnet": 3, "unet2d": 2, "unet3d": 3}
+NORMALIZATIONS = ("batchnorm", "groupnorm", "instancenorm", "none")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("step", "poly", "constant")
+INFERENCE_MODES = ("sliding_window", "whole_image")
+CHECKPOINT_RULES = ("last",)
+
+
+def _f(default: Any, **rule: Any) -> Any:
+    """A field with the bounds / choices its values are checked against when a protocol is loaded."""
+    return field(default=default, metadata={"rule": rule})
+
+
 @dataclass(frozen=True)
 class NetConfig:
-    name: str = "vnet"  # vnet | unet2d | unet3d
-    n_filters: int = 16
-    normalization: str = "batchnorm"
-    dropout: bool = True
-    channels: tuple[int, ...] = (16, 32, 64, 128, 256)  # unet only
+    name: str = _f("vnet", choices=NETS)
+    n_filters: int = _f(16, ge=1)
+    normalization: str = _f("batchnorm", choices=NORMALIZATIONS)
+    dropout: bool = _f(True)
+    channels: tuple[int, ...] = _f((16, 32, 64, 128, 256), ge=1)  # unet only
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    iterations: int = 6000
-    batch_size: int = 4
-    labeled_bs: int = 2
-    patch: tuple[int, ...] = (112, 112, 80)
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "step"  # step | poly | constant
-    step_size: int = 2500
-    gamma: float = 0.1
-    poly_power: float = 0.9
-    augment: tuple[str, ...] = ("random_crop", "rot_flip")
-    checkpoint_every: int = 1000
-    checkpoint_rule: str = "last"  # the final iterate; never selected on the test set
-    log_every: int = 50
+    iterations: int = _f(6000, ge=1)
+    batch_size: int = _f(4, ge=1)
+    labeled_bs: int = _f(2, ge=1)
+    patch: tuple[int, ...] = _f((112, 112, 80), ge=1)
+    optimizer: str = _f("sgd", choices=OPTIMIZERS)
+    lr: float = _f(0.01, gt=0)
+    momentum: float = _f(0.9, ge=0, lt=1)
+    weight_decay: float = _f(1e-4, ge=0)
+    schedule: str = _f("step", choices=SCHEDULES)
+    step_size: int = _f(2500, ge=1)
+    gamma: float = _f(0.1, gt=0, le=1)
+    poly_power: float = _f(0.9, gt=0)
+    augment: tuple[str, ...] = _f(("random_crop", "rot_flip"), choices=KNOWN_AUGMENTATIONS)
+    checkpoint_every: int = _f(1000, ge=1)
+    checkpoint_rule: str = _f("last", choices=CHECKPOINT_RULES)  # the final iterate; never selected on the test set
+    log_every: int = _f(50, ge=1)
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    mode: str = "sliding_window"  # sliding_window | whole_image
-    patch: tuple[int, ...] = (112, 112, 80)
-    stride: tuple[int, ...] = (18, 18, 4)
-    sw_batch_size: int = 1
-    largest_component: bool = False
+    mode: str = _f("sliding_window", choices=INFERENCE_MODES)
+    patch: tuple[int, ...] = _f((112, 112, 80), ge=1)
+    stride: tuple[int, ...] = _f((18, 18, 4), ge=1)
+    sw_batch_size: int = _f(1, ge=1)
+    largest_component: bool = _f(False)
 
 
 @dataclass(frozen=True)
 class Protocol:
     name: str
     description: str = ""
-    ndim: int = 3
-    resize: tuple[int, ...] | None = None  # 2D: training/inference resolution; predictions resized back
+    ndim: int = _f(3, ge=2, le=3)
+    resize: tuple[int, ...] | None = _f(None, ge=1)  # 2D: training/inference resolution; predictions resized back
     net: NetConfig = field(default_factory=NetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     metrics: dict[str, Any] = field(default_factory=dict)
-    eval_workers: int = 2
+    eval_workers: int = _f(2, ge=1)
     method_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-stage overrides of ``train`` fields, by stage name."""
@@ -89,69 +106,127 @@ class Protocol:
         return dataclasses.replace(self.train, **self.stages.get(stage, {}))
 
 
-def _section(cls: type, data: dict[str, Any] | None, where: str) -> Any:
-    data = dict(data or {})
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
+_SECTIONS = {"net": NetConfig, "train": TrainConfig, "inference": InferenceConfig}
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it: texts quoted, lists as lists."""
+    if isinstance(value, tuple):
+        value = list(value)
+    return repr(value) if isinstance(value, (str, list)) or isinstance(value, _SCALARS) else type(value).__name__
+
+
+def _yaml_hint(value: Any, hint: Any) -> str:
+    """PyYAML reads ``1e-3`` as text (YAML 1.1 wants ``1.0e-3``): say so instead of a bare 'expected a number'."""
+    if isinstance(value, str) and float in typing.get_args(hint) + (hint,):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return f" (YAML reads {value} as text; write it with a decimal point, e.g. {float(value)!r})"
+    return ""
+
+
+def _check_field(cls: type, name: str, value: Any, source: str, section: str = "") -> Any:
+    """One field checked against its annotation and bounds; the error names the file and the field."""
+    hint = typing.get_type_hints(cls)[name]
+    rule = next(f for f in dataclasses.fields(cls) if f.name == name).metadata.get("rule", {})
+    try:
+        return check_value(value, hint, **rule)
+    except ValueError as err:
+        label = f"{section}.{name}" if section else name
+        raise ConfigError(f"{source}: {label} {_shown(value)}: expected {err}{_yaml_hint(value, hint)}") from None
+
+
+def _mapping(data: Any, where: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} {_shown(data)}: expected a mapping of field names to values")
+    return dict(data)
+
+
+def _fields(cls: type, data: Any, source: str, where: str) -> dict[str, Any]:
+    """A section's given fields, known and type/range checked (not yet built into ``cls``)."""
+    data = _mapping(data, f"{source}: {where}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(map(str, data)) - set(names))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
+        raise ConfigError(f"{source}: section '{where}': unknown key(s) {unknown}; expected some of {sorted(names)}")
+    return {key: _check_field(cls, key, value, source, where) for key, value in data.items()}
+
+
+def _section(cls: type, data: dict[str, Any] | None, where: str, source: str = "") -> Any:
+    return cls(**_fields(cls, data, source, where))
+
+
+def _check_metrics(data: Any, source: str) -> dict[str, Any]:
+    from .evaluation.metrics import ASD_MODES, EMPTY_POLICIES, HD95_MODES
+
+    valid = {"hd95": HD95_MODES, "asd": ASD_MODES, "empty_policy": EMPTY_POLICIES, "units": ("voxel", "mm")}
+    data = _mapping(data, f"{source}: metrics")
     for key, value in data.items():
-        if isinstance(value, list):
-            data[key] = tuple(value)
-    return cls(**data)
+        if key not in valid:
+            raise ConfigError(f"{source}: metrics: unknown key {key!r}; expected some of {', '.join(valid)}")
+        if value not in valid[key] or not isinstance(value, str):
+            raise ConfigError(f"{source}: metrics.{key} {_shown(value)}: expected one of {', '.join(valid[key])}")
+    return data
 
 
 def protocol_from_dict(data: dict[str, Any], source: str = "<dict>") -> Protocol:
+    """A protocol from its YAML mapping; every field is checked (type, range, consistency) with its name."""
     if not isinstance(data, dict) or "name" not in data:
         raise ConfigError(f"{source}: a protocol must be a YAML mapping with at least a 'name'")
     data = dict(data)
-    sections = {
-        "net": NetConfig,
-        "train": TrainConfig,
-        "inference": InferenceConfig,
-    }
-    for key, cls in sections.items():
-        data[key] = _section(cls, data.get(key), f"{source}: section '{key}'")
-    stages = data.get("stages") or {}
-    if not isinstance(stages, dict) or not all(isinstance(v, dict) for v in stages.values()):
-        raise ConfigError(f"{source}: section 'stages' must map stage names to mappings of train fields")
-    data["stages"] = {}
-    for stage, overrides in stages.items():
-        _section(TrainConfig, overrides, f"{source}: section 'stages.{stage}'")  # unknown keys are an error
-        data["stages"][str(stage)] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    if data.get("resize") is not None:
-        data["resize"] = tuple(data["resize"])
+    known = [f.name for f in dataclasses.fields(Protocol) if f.name != "source"]
+    unknown = sorted(set(map(str, data)) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; expected some of {known}")
+    if not isinstance(data["name"], str) or not data["name"].strip():
+        raise ConfigError(f"{source}: name {_shown(data['name'])}: expected a non-empty text")
+    if not isinstance(data.get("description", ""), str):
+        raise ConfigError(f"{source}: description {_shown(data['description'])}: expected a text")
+    for key in ("ndim", "resize", "eval_workers"):
+        if key in data:
+            data[key] = _check_field(Protocol, key, data[key], source)
+    for key, cls in _SECTIONS.items():
+        data[key] = _section(cls, data.get(key), key, source)
+    data["metrics"] = _check_metrics(data.get("metrics"), source)
+    method_args = _mapping(data.get("method_args"), f"{source}: method_args")
+    for method, args in method_args.items():  # the values are checked against the run's method only
+        _mapping(args, f"{source}: method_args.{method}")
+    data["method_args"] = {str(m): dict(a or {}) for m, a in method_args.items()}
+    stages = _mapping(data.get("stages"), f"{source}: stages")
+    data["stages"] = {str(stage): _fields(TrainConfig, overrides, source, f"stages.{stage}")
+                      for stage, overrides in stages.items()}
     data["source"] = source
-    try:
-        protocol = Protocol(**data)
-    except TypeError as err:
-        raise ConfigError(f"{source}: {err}") from None
+    protocol = Protocol(**data)
     _validate(protocol, source)
     return protocol
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("step", "poly", "constant")
-
-
 def _validate_train(t: TrainConfig, where: str, ndim: int, vnet: bool) -> None:
+    """What one field alone cannot say: the patch's dimensionality, the batch split, the VNet grid."""
     if len(t.patch) != ndim:
         raise ConfigError(f"{where}.patch {list(t.patch)} has {len(t.patch)} dims; expected {ndim}")
-    if not 0 < t.labeled_bs <= t.batch_size:
-        raise ConfigError(f"{where}.labeled_bs must be in 1..batch_size ({t.batch_size})")
-    if t.iterations < 1:
-        raise ConfigError(f"{where}.iterations must be >= 1")
-    if t.schedule not in SCHEDULES:
-        raise ConfigError(f"{where}.schedule {t.schedule!r}; expected step, poly or constant")
-    if t.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"{where}.optimizer {t.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+    if t.labeled_bs > t.batch_size:
+        raise ConfigError(f"{where}.labeled_bs {t.labeled_bs}: expected 1..batch_size ({t.batch_size})")
     if vnet and any(d % 16 for d in t.patch):
         raise ConfigError(f"{where}.patch {list(t.patch)}: the VNet down-samples 4 times; expected multiples of 16")
-    if t.checkpoint_rule != "last":
-        raise ConfigError(f"{where}.checkpoint_rule {t.checkpoint_rule!r}; only 'last' is supported (no test-set selection)")
 
 
 def _validate(p: Protocol, source: str) -> None:
+    if p.net.name in NET_DIMS and NET_DIMS[p.net.name] != p.ndim:
+        raise ConfigError(f"{source}: net.name {p.net.name!r} is a {NET_DIMS[p.net.name]}D network; the protocol's "
+                          f"ndim is {p.ndim} (use {'unet2d' if p.ndim == 2 else 'vnet or unet3d'})")
+    if p.net.name != "vnet" and len(p.net.channels) < 2:
+        raise ConfigError(f"{source}: net.channels {list(p.net.channels)}: expected at least 2 levels")
+    if p.resize is not None:
+        if p.ndim != 2:
+            raise ConfigError(f"{source}: resize {list(p.resize)}: only 2D protocols resize; remove it (ndim is {p.ndim})")
+        if len(p.resize) != p.ndim:
+            raise ConfigError(f"{source}: resize {list(p.resize)} has {len(p.resize)} dims; expected {p.ndim}")
     vnet = p.net.name == "vnet"
     _validate_train(p.train, f"{source}: train", p.ndim, vnet)
     for stage, overrides in p.stages.items():
@@ -160,10 +235,14 @@ def _validate(p: Protocol, source: str) -> None:
         cfg = p.stage_config(stage)
         own_patch = "patch" in overrides
         _validate_train(cfg, f"{source}: stages.{stage}", len(cfg.patch) if own_patch else p.ndim, vnet and not own_patch)
-    if p.inference.mode not in ("sliding_window", "whole_image"):
-        raise ConfigError(f"{source}: inference.mode {p.inference.mode!r}; expected sliding_window or whole_image")
-    if vnet and any(d % 16 for d in p.inference.patch):
-        raise ConfigError(f"{source}: inference.patch {list(p.inference.patch)}: the VNet down-samples 4 times; expected multiples of 16")
+    inf = p.inference
+    if len(inf.patch) != p.ndim:
+        raise ConfigError(f"{source}: inference.patch {list(inf.patch)} has {len(inf.patch)} dims; expected {p.ndim}")
+    if len(inf.stride) != len(inf.patch) or any(s > q for s, q in zip(inf.stride, inf.patch)):
+        raise ConfigError(f"{source}: inference.stride {list(inf.stride)}: expected {len(inf.patch)} values, each in "
+                          f"1..the patch {list(inf.patch)}")
+    if vnet and any(d % 16 for d in inf.patch):
+        raise ConfigError(f"{source}: inference.patch {list(inf.patch)}: the VNet down-samples 4 times; expected multiples of 16")
 
 
 def protocol_names() -> list[str]:

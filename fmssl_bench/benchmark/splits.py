@@ -3,6 +3,8 @@
 - The train/test split is the data set's official one (LA ``train.list``/``test.list``) or, when
   there is none, a seeded split written once to ``<results>/splits/<dataset>.json`` and reused
   (nnU-Net's ``splits_final.json`` idea) so every run of every method sees the same test set.
+  :func:`resolve_split` writes nothing: the file is written by :meth:`ResolvedSplit.persist`, which
+  the runner (and the oracle and ``evaluate``) call when the record begins, after every check.
 - A label budget picks the labeled cases from the train split: LA follows the papers (the first
   N ids of ``train.list``); other data sets take a seeded permutation prefix, so for one seed the
   budgets are nested (5 ⊂ 10 ⊂ 20). Only cases with a label on disk can be labeled or tested.
@@ -85,8 +87,42 @@ def seeded_split(adapter: DatasetAdapter, test_fraction: float, seed: int = SPLI
     return Split(train=train, test=test, source=f"seeded split (seed {seed}, test fraction {test_fraction})")
 
 
-def resolve_split(adapter: DatasetAdapter, splits_dir: Path | None) -> Split:
-    """Official split, else the saved seeded split (created on first use)."""
+@dataclass(frozen=True)
+class ResolvedSplit(Split):
+    """A split and, for a seeded split seen for the first time, the file it is to be saved to."""
+
+    pending: Path | None = None
+    """The split file :meth:`persist` writes (None: official, in memory only, or already saved)."""
+    seeded: str = ""
+    """How the pending split was drawn (written into the file as its ``source``)."""
+
+    def persist(self) -> None:
+        """Write the seeded split file if it is new (atomic); a no-op for official or saved splits.
+
+        Called right before a record begins, so a run refused during validation writes nothing.
+        If a concurrent run wrote the file meanwhile, it must hold this very split.
+        """
+        if self.pending is None:
+            return
+        path = self.pending
+        if path.is_file():
+            saved = _read_split_file(path)
+            if (saved.train, saved.test) != (self.train, self.test):
+                raise DataError(f"{path}: written meanwhile with another split; delete it and rerun")
+            return
+        atomic_write_text(path, json.dumps({"train": self.train, "test": self.test, "source": self.seeded}, indent=1))
+
+
+def _read_split_file(path: Path) -> Split:
+    try:
+        saved = json.loads(path.read_text())
+        return Split(train=list(saved["train"]), test=list(saved["test"]), source=str(path))
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: not a valid split file ({err}); delete it to regenerate") from None
+
+
+def resolve_split(adapter: DatasetAdapter, splits_dir: Path | None) -> ResolvedSplit:
+    """Official split, else the saved seeded split, else a new seeded split to :meth:`~ResolvedSplit.persist`."""
     official = adapter.official_split()
     if official is not None:
         known = set(adapter.case_ids())
@@ -94,23 +130,19 @@ def resolve_split(adapter: DatasetAdapter, splits_dir: Path | None) -> Split:
             missing = [i for i in ids if i not in known]
             if missing:
                 raise DataError(f"{official.source}: {part} id {missing[0]!r} has no case on disk ({len(missing)} missing)")
-        return official
+        return ResolvedSplit(train=official.train, test=official.test, source=official.source)
     fraction = float(getattr(adapter, "test_fraction", 0.1))
     if splits_dir is None:
-        return seeded_split(adapter, fraction)
+        split = seeded_split(adapter, fraction)
+        return ResolvedSplit(train=split.train, test=split.test, source=split.source)
     path = Path(splits_dir) / f"{adapter.name}.json"
     if path.is_file():
-        try:
-            saved = json.loads(path.read_text())
-            split = Split(train=list(saved["train"]), test=list(saved["test"]), source=str(path))
-        except (ValueError, KeyError) as err:
-            raise DataError(f"{path}: not a valid split file ({err}); delete it to regenerate") from None
+        split = _read_split_file(path)
         if set(split.train) | set(split.test) != set(adapter.case_ids()):
             raise DataError(f"{path}: saved split does not match the cases in {adapter.root}; delete it to regenerate")
-        return split
+        return ResolvedSplit(train=split.train, test=split.test, source=split.source)
     split = seeded_split(adapter, fraction)
-    atomic_write_text(path, json.dumps({"train": split.train, "test": split.test, "source": split.source}, indent=1))
-    return Split(train=split.train, test=split.test, source=str(path))
+    return ResolvedSplit(train=split.train, test=split.test, source=str(path), pending=path, seeded=split.source)
 
 
 def select_labeled(adapter: DatasetAdapter, split: Split, budget: Budget, seed: int) -> list[str]:

@@ -23,11 +23,19 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def read_image_file(path: Path, mode: str) -> np.ndarray:
+    """Decode an image fully; a truncated file or one that decodes to another size than its header says is an error."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert(mode))
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: unreadable image file ({err}); expected {', '.join(IMAGE_EXTS)}") from err
+            header = (im.height, im.width)
+            array = np.asarray(im.convert(mode))
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise DataError(f"{path}: unreadable or truncated image file ({detail}); expected a complete "
+                        f"{', '.join(IMAGE_EXTS)} file") from None
+    if tuple(array.shape[:2]) != header:
+        raise DataError(f"{path}: decodes to {array.shape[0]}x{array.shape[1]} pixels but its header says "
+                        f"{header[0]}x{header[1]}; expected a consistent image file")
+    return array
 
 
 class Folder2D(DatasetAdapter):

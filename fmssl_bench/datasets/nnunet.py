@@ -21,11 +21,36 @@ from ..errors import DataError
 from .base import DatasetAdapter, register_dataset
 
 
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def _load_nifti(path: Path) -> nib.Nifti1Image:
     try:
         return nib.load(str(path))
     except Exception as err:  # nibabel raises several types for broken files
-        raise DataError(f"{path}: unreadable NIfTI file ({err})") from None
+        raise DataError(f"{path}: unreadable NIfTI file ({_one_line(err)})") from None
+
+
+def _nifti_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(voxels, affine) of a NIfTI file; a truncated or damaged file is one error naming it."""
+    image = _load_nifti(path)
+    try:
+        return np.asanyarray(image.dataobj), image.affine
+    except Exception as err:  # EOFError (truncated .gz), OSError (short .nii), zlib errors ...
+        raise DataError(f"{path}: truncated or damaged NIfTI file ({type(err).__name__}: {_one_line(err)}); "
+                        f"its header promises shape {tuple(image.shape)}") from None
+
+
+def _same_grid(path: Path, affine: np.ndarray, shape: tuple[int, ...], ref: Path, ref_affine: np.ndarray,
+               ref_shape: tuple[int, ...], what: str) -> None:
+    """A label (or a further channel) must lie in its image's voxel grid: same spatial shape and affine."""
+    if tuple(shape[:3]) != tuple(ref_shape[:3]):
+        raise DataError(f"{path}: {what} shape {tuple(shape)} does not match {ref} {tuple(ref_shape)}")
+    if affine is not None and ref_affine is not None and not np.allclose(affine, ref_affine, rtol=1e-4, atol=1e-3):
+        diff = float(np.abs(np.asarray(affine) - np.asarray(ref_affine)).max())
+        raise DataError(f"{path}: {what} affine differs from that of {ref} (by up to {diff:.4g}); "
+                        "expected both in the same voxel grid (resample or fix the header)")
 
 
 @register_dataset
@@ -98,17 +123,29 @@ class NNUNetRaw(DatasetAdapter):
 
     def _read_image(self, case_id: str) -> np.ndarray:
         arrays = []
+        first: tuple[Path, np.ndarray, tuple[int, ...]] | None = None
         for path in self._images[case_id]:
             if not path.is_file():
                 raise DataError(f"{path}: file not found (case {case_id!r}, {self.n_channels} channel(s) expected)")
-            data = np.asanyarray(_load_nifti(path).dataobj).astype(np.float32)
+            data, affine = _nifti_array(path)
+            data = data.astype(np.float32)
+            if data.ndim not in (3, 4):
+                raise DataError(f"{path}: image has shape {data.shape}; expected a 3D volume (or 4D: volume x channels)")
+            if first is None:
+                first = (path, affine, data.shape)
+            else:
+                _same_grid(path, affine, data.shape, *first, what="channel")
             arrays += [data[..., c] for c in range(data.shape[-1])] if data.ndim == 4 else [data]
         return np.stack(arrays)
 
     def _read_label(self, case_id: str) -> np.ndarray | None:
         if not self.has_label(case_id):
             return None
-        return np.rint(np.asanyarray(_load_nifti(self._labels[case_id]).dataobj)).astype(np.int16)
+        path = self._labels[case_id]
+        data, affine = _nifti_array(path)
+        image = _load_nifti(self._images[case_id][0])  # the header only: the label must share its grid
+        _same_grid(path, affine, data.shape, self._images[case_id][0], image.affine, tuple(image.shape), what="label")
+        return np.rint(data).astype(np.int16)
 
     def spacing(self, case_id: str) -> tuple[float, ...]:
         zooms = _load_nifti(self._images[case_id][0]).header.get_zooms()[:3]

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from ..api import Method, StepOutput
+from typing import Literal
+
+from ..api import Arg, Method, StepOutput
 from .ema import ema_update, make_teacher
 from .losses import softmax_mse, supervised_loss
 from .ramps import sigmoid_rampup
@@ -22,7 +24,15 @@ from .registry import register_method
 class TeacherStudent(Method):
     """Shared by Mean-Teacher-family methods: a student, an EMA teacher and the ramped weight."""
 
-    defaults = {"consistency": 0.1, "rampup_epochs": 40.0, "iters_per_epoch": "auto", "ema_decay": 0.99, "noise": 0.1, "noise_clip": 0.2}
+    arguments = {
+        "consistency": Arg(0.1, float, "weight of the consistency loss once ramped up (UA-MT 0.1)", ge=0),
+        "rampup_epochs": Arg(40.0, float, "length of the sigmoid ramp-up in 'epochs' (UA-MT 40)", gt=0),
+        "iters_per_epoch": Arg("auto", Literal["auto"] | float,
+                               "iterations per ramp 'epoch'; auto = stage length / rampup_epochs (UA-MT 150)", gt=0),
+        "ema_decay": Arg(0.99, float, "teacher EMA decay (alpha = min(1 - 1/(step+1), ema_decay))", ge=0, lt=1),
+        "noise": Arg(0.1, float, "std of the Gaussian noise on the teacher's input", ge=0),
+        "noise_clip": Arg(0.2, float, "the teacher's input noise is clipped to +-noise_clip", ge=0),
+    }
 
     def setup(self) -> None:
         super().setup()

@@ -45,8 +45,16 @@ def describe_methods() -> dict[str, str]:
     return {n: _METHODS[n].description for n in sorted(_METHODS)}
 
 
+def describe_arguments(cls: type[Method]) -> list[tuple[str, str, str, str]]:
+    """(name, default, expected, help) of each declared argument (``fmssl-bench list methods --args``)."""
+    def shown(value: Any) -> str:
+        return "none" if value is None else str(value)
+
+    return [(name, shown(cls.defaults[name]), arg.expected(), arg.help) for name, arg in cls.arguments.items()]
+
+
 def coerce_value(text: str) -> Any:
-    """``--method-arg`` values: int, float, bool, none or string."""
+    """``--dataset-option`` values: int, float, bool, none or string (adapters check their own options)."""
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -60,22 +68,53 @@ def coerce_value(text: str) -> Any:
     return text
 
 
-def parse_method_args(pairs: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def split_pairs(pairs: list[str] | None, flag: str = "--method-arg") -> dict[str, str]:
+    """``KEY=VALUE`` texts -> {key: text}; the values are parsed later against the declared types."""
+    out: dict[str, str] = {}
     for pair in pairs or []:
-        if "=" not in pair:
-            raise ConfigError(f"--method-arg {pair!r}: expected key=value")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = coerce_value(value.strip())
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {pair!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
     return out
 
 
-def resolve_method_args(cls: type[Method], protocol_args: dict[str, Any], cli_args: dict[str, Any]) -> dict[str, Any]:
-    """defaults < protocol ``method_args[<name>]`` < CLI; unknown keys are an error."""
-    merged = {**cls.defaults, **protocol_args, **cli_args}
-    unknown = sorted(set(merged) - set(cls.defaults))
-    if unknown:
-        raise ConfigError(
-            f"method {cls.name!r}: unknown argument(s) {unknown}; expected some of {sorted(cls.defaults) or 'none'}"
-        )
-    return merged
+def parse_method_args(pairs: list[str] | None) -> dict[str, Any]:
+    """``--dataset-option`` pairs with :func:`coerce_value` (method arguments use :func:`split_pairs`)."""
+    return {key: coerce_value(value) for key, value in split_pairs(pairs, "--dataset-option").items()}
+
+
+def _unknown(cls: type[Method], key: str) -> str:
+    return (f"unknown argument of method {cls.name!r}; expected one of {', '.join(cls.arguments)}"
+            if cls.arguments else f"method {cls.name!r} takes no arguments")
+
+
+def resolve_method_args(cls: type[Method], protocol_args: dict[str, Any], cli_args: dict[str, Any],
+                        protocol_source: str = "protocol") -> dict[str, Any]:
+    """defaults < protocol ``method_args[<name>]`` < CLI, every value typed and checked.
+
+    Protocol values are checked against the declared types (YAML already typed them); CLI values
+    that are text (``--method-arg key=TEXT``) are parsed as the declared type, other values checked.
+    Errors name the flag or the protocol field and say what was expected.
+    """
+    resolved = dict(cls.defaults)
+    if not isinstance(protocol_args, dict):
+        raise ConfigError(f"{protocol_source}: method_args.{cls.name} must be a mapping of argument names to values")
+    for key, value in protocol_args.items():
+        where = f"{protocol_source}: method_args.{cls.name}.{key}"
+        if key not in cls.arguments:
+            raise ConfigError(f"{where}: {_unknown(cls, key)}")
+        try:
+            resolved[key] = cls.arguments[key].check(value)
+        except ValueError as err:
+            raise ConfigError(f"{where} {value!r}: expected {err}") from None
+    for key, value in cli_args.items():
+        if key not in cls.arguments:
+            raise ConfigError(f"--method-arg {key}: {_unknown(cls, key)}")
+        arg = cls.arguments[key]
+        try:
+            resolved[key] = arg.parse(value) if isinstance(value, str) else arg.check(value)
+        except ValueError as err:
+            raise ConfigError(f"--method-arg {key}={value}: expected {err} for method {cls.name!r} "
+                              "(see `fmssl-bench list methods --args`)") from None
+    return resolved

@@ -32,16 +32,26 @@ from typing import Any
 
 import torch
 
-from ..api import StepOutput
+from ..api import Arg, StepOutput
+from ..errors import ConfigError
 from .fm_assist import GeneralistBranch, masked_mse
 from .losses import soft_target_ce_dice
 from .mean_teacher import TeacherStudent
 from .ramps import sigmoid_rampdown
 from .registry import register_method
 
-FM_DEFAULTS: dict[str, Any] = {
-    "sam_weight": 0.1, "prompt": "box", "n_points": 1, "n_neg": 0, "max_uncertainty": 0.5,
-    "sam_every": 1, "slices_per_sample": 0, "fm_checkpoint": None,
+FM_ARGUMENTS: dict[str, Arg] = {
+    "sam_weight": Arg(0.1, float, "weight of the generalist loss at t = 0 (ramped down by exp(-5 t / T))", ge=0),
+    "prompt": Arg("box", str, "prompts drawn from the student's confident prediction",
+                  choices=("box", "points", "box+points")),
+    "n_points": Arg(1, int, "positive points per object (prompt points or box+points)", ge=1),
+    "n_neg": Arg(0, int, "negative points per object", ge=0),
+    "max_uncertainty": Arg(0.5, float | None, "prompts only from voxels with normalised entropy <= this "
+                                               "(none: no threshold)", ge=0, le=1),
+    "sam_every": Arg(1, int, "run the generalist branch every N iterations (paper: 1)", ge=1),
+    "slices_per_sample": Arg(0, int, "slices per 3D patch given to the generalist; 0 = every slice (paper)", ge=0),
+    "fm_checkpoint": Arg(None, str | None, "generalist checkpoint file(s), comma-separated, one per generalist "
+                                           "(default: bundled or $FMSSL_WEIGHTS)"),
 }
 
 
@@ -54,8 +64,20 @@ class FMAssistedTeacher(TeacherStudent):
 
     @classmethod
     def generalists_used(cls, args: dict[str, Any]) -> list[tuple[str, str | None]]:
-        names = _names(args["generalists"] if "generalists" in args else args["generalist"])
+        key = "generalists" if "generalists" in args else "generalist"
+        names = _names(args[key])
+        if not names:
+            raise ConfigError(f"--method-arg {key}={args[key]!r}: expected a generalist name (see `fmssl-bench list generalists`)")
+        from ..foundation.registry import generalist_names
+
+        unknown = [n for n in names if n not in generalist_names()]
+        if unknown:
+            raise ConfigError(f"--method-arg {key}={args[key]}: unknown generalist {unknown[0]!r}; expected one of "
+                              f"{', '.join(generalist_names())}")
         checkpoints = _names(args["fm_checkpoint"]) if args.get("fm_checkpoint") else [None] * len(names)
+        if len(checkpoints) != len(names):
+            raise ConfigError(f"--method-arg fm_checkpoint={args['fm_checkpoint']}: {len(checkpoints)} checkpoint(s) for "
+                              f"{len(names)} generalist(s) ({', '.join(names)}); expected one per generalist, comma-separated")
         return list(zip(names, checkpoints))
 
     def setup(self) -> None:
@@ -94,7 +116,8 @@ class FMAssistedTeacher(TeacherStudent):
 class SemiSAM(FMAssistedTeacher):
     name = "semisam"
     description = "SemiSAM (001): Mean Teacher + generalist pseudo-labels from specialist prompts, ramp-down weight"
-    defaults = {**TeacherStudent.defaults, **FM_DEFAULTS, "generalist": "litemedsam"}
+    arguments = {**TeacherStudent.arguments, **FM_ARGUMENTS,
+                 "generalist": Arg("litemedsam", str, "the generalist (see `fmssl-bench list generalists`)")}
     deviations = ["2D generalist slice-wise instead of SAM-Med3D on 128^3 patches",
                   "prompts from the student's prediction (public code uses labels of unlabeled cases)"]
 
@@ -106,7 +129,9 @@ class SemiSAM(FMAssistedTeacher):
 class SemiSAMPlus(FMAssistedTeacher):
     name = "semisam_plus"
     description = "SemiSAM+ (004): several frozen generalists, confidence-aware (agreement x certainty) regularisation"
-    defaults = {**TeacherStudent.defaults, **FM_DEFAULTS, "generalists": "litemedsam,mobilesam"}
+    arguments = {**TeacherStudent.arguments, **FM_ARGUMENTS,
+                 "generalists": Arg("litemedsam,mobilesam", str, "the generalists, comma-separated "
+                                                                 "(see `fmssl-bench list generalists`)")}
     deviations = ["design from the abstract: mean of generalists, weight = agreement x (1 - entropy)",
                   "2D generalists slice-wise instead of 3D SAMs"]
 

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...datasets import DatasetAdapter
+from ...errors import FmsslError
 from ..views import resize_label
 
 HEADER = "tag,case,class,dice,defined_voxels\n"
@@ -64,9 +65,12 @@ class PseudoLabelQuality:
         if not rows:
             return
         new = not self.path.is_file()
-        with self.path.open("a") as f:
-            f.write((HEADER if new else "") + "".join(rows))
-            f.flush()
+        try:
+            with self.path.open("a") as f:
+                f.write((HEADER if new else "") + "".join(rows))
+                f.flush()
+        except OSError as err:  # a full disk: one clean line; a cut line is dropped on resume
+            raise FmsslError(f"cannot write {self.path}: {err.strerror or err}") from None
 
 
 def pseudo_label_summary(path: Path) -> dict[str, Any] | None:

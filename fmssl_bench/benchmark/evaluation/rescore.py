@@ -80,6 +80,8 @@ def metric_key(definitions: Mapping[str, str]) -> str:
 
 def with_metrics(protocol: Protocol, overrides: Mapping[str, Any] | None = None, workers: int | None = None) -> Protocol:
     """``protocol`` with its ``metrics`` section updated by ``overrides`` (None values ignored), validated."""
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers}: expected at least 1")
     merged = {**protocol.metrics, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     unknown = sorted(set(merged) - set(METRIC_CHOICES))
     if unknown:
@@ -257,25 +259,28 @@ def evaluate_folder(folder: str | Path, dataset: str, name: str, data_root: str 
     rows = score_folder(folder, adapter, test_ids, proto)  # raises, listing every problem, before any record folder
     score_seconds = time.time() - t0
     record = record or locate()
-    if force:
-        record.reset()
-
-    config = {
-        "method": name, "external": True, "dataset": dataset, "data_root": str(adapter.root),
-        "dataset_options": options, "labeled": budget, "seed": 0, "protocol": proto.name,
-        "protocol_resolved": proto.to_dict(), "metrics": definitions,
-        "predictions_folder": str(folder.resolve()),
-    }
-    record.begin(config, {"source": split.source, "labeled": [], "unlabeled": [], "test": test_ids})
-    for path in used:  # the record keeps the files it scored, so it can be re-scored like any run
-        atomic_write_bytes(record.predictions_dir / path.name, path.read_bytes())
-    write_per_case(record.path("per_case.csv"), rows)
-    provenance = {**environment(), "score_seconds": round(score_seconds, 2), "protocol_source": proto.source,
-                  "split_source": split.source, "predictions_folder": str(folder.resolve()),
-                  "predictions_sha256": record.identity["predictions"], "prediction_files": len(used)}
-    summary = summarise(rows, config, n_labeled=None, n_unlabeled=None, n_test=len(test_ids), oracle=False,
-                        external=True)
-    return record.finish(provenance, summary)
+    with record.lock():  # one process writes a record; the others wait, then find it complete
+        if force:
+            record.reset()
+        elif record.complete:
+            return record.summary()
+        config = {
+            "method": name, "external": True, "dataset": dataset, "data_root": str(adapter.root),
+            "dataset_options": options, "labeled": budget, "seed": 0, "protocol": proto.name,
+            "protocol_resolved": proto.to_dict(), "metrics": definitions,
+            "predictions_folder": str(folder.resolve()),
+        }
+        split.persist()  # a new seeded split file is written only now, after every check
+        record.begin(config, {"source": split.source, "labeled": [], "unlabeled": [], "test": test_ids})
+        for path in used:  # the record keeps the files it scored, so it can be re-scored like any run
+            atomic_write_bytes(record.predictions_dir / path.name, path.read_bytes())
+        write_per_case(record.path("per_case.csv"), rows)
+        provenance = {**environment(), "score_seconds": round(score_seconds, 2), "protocol_source": proto.source,
+                      "split_source": split.source, "predictions_folder": str(folder.resolve()),
+                      "predictions_sha256": record.identity["predictions"], "prediction_files": len(used)}
+        summary = summarise(rows, config, n_labeled=None, n_unlabeled=None, n_test=len(test_ids), oracle=False,
+                            external=True)
+        return record.finish(provenance, summary)
 
 
 # ----------------------------------------------------------------------------- CLI

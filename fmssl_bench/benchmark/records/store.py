@@ -11,16 +11,20 @@ oracle and the evaluation of outside predictions all go through :class:`Record`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable, Iterator
 
 import torch
 
@@ -28,21 +32,40 @@ from ...errors import FmsslError
 from .identity import canonical_json, digest, row_identity
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: never half-written."""
+def _open_tmp(fd: int, tmp: str) -> BinaryIO:
+    """The temporary file's stream (one function, so tests can make the disk full at a given file)."""
+    return os.fdopen(fd, "wb")
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write via a temporary file in the same folder and ``os.replace``: never half-written.
+
+    Any OS error (a full disk, a read-only or unwritable results root) removes the temporary file,
+    leaves the previous version of ``path`` intact and becomes one :class:`FmsslError` line naming
+    the file (``cannot write <path>: No space left on device``).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with _open_tmp(fd, tmp) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        tmp = None
+    except OSError as err:
+        raise FmsslError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`_atomic_write`)."""
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -54,17 +77,33 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """``torch.save`` streamed into the temporary file, atomically (see :func:`_atomic_write`)."""
+
+    def write(f: BinaryIO) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as err:  # torch's zip writer hides a failed write behind its own error
+            cause = err.__context__
+            while cause is not None and not isinstance(cause, OSError):
+                cause = cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
+
+    _atomic_write(path, write)
+
+
+def make_dirs(path: Path) -> Path:
+    """``mkdir -p`` whose failure is one clean line naming the folder."""
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FmsslError(f"cannot write {path}: {err.strerror or err}") from None
+    return Path(path)
+
+
+LOCKS = ".locks"
+"""Folder of the record locks under the results root."""
 
 
 def budget_dirname(budget_text: str) -> str:
@@ -91,12 +130,14 @@ class Record:
     directory: Path
     identity: dict[str, Any]
     key: str
+    root: Path | None = None
+    """The results root (where the lock lives); default: four levels above ``directory``."""
 
     @classmethod
     def locate(cls, root: Path, dataset: str, method: str, budget_text: str, seed: int,
                identity: dict[str, Any]) -> "Record":
         key = digest(identity)
-        return cls(run_dir(root, dataset, method, budget_text, seed, key), identity, key)
+        return cls(run_dir(root, dataset, method, budget_text, seed, key), identity, key, Path(root))
 
     @property
     def complete(self) -> bool:
@@ -113,9 +154,89 @@ class Record:
         return self.directory / "predictions"
 
     def reset(self) -> None:
-        """Delete this record (``--force``); other records are untouched."""
+        """Delete this record (``--force``); other records are untouched. Call it holding :meth:`lock`."""
         if self.directory.exists():
-            shutil.rmtree(self.directory)
+            try:
+                shutil.rmtree(self.directory)
+            except OSError as err:
+                raise FmsslError(f"cannot delete {self.directory} (--force): {err.strerror or err}") from None
+
+    # -- one process computes a record at a time ------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        """``<root>/.locks/<dataset>__<method>__<budget>__seed<S>__<hash>.lock``: outside the record folder
+        (``--force`` deletes it while the lock is held) and out of the way of globs over records."""
+        root = self.root if self.root is not None else self.directory.parents[4]
+        try:
+            name = "__".join(self.directory.relative_to(root).parts)
+        except ValueError:
+            name = self.key
+        return root / LOCKS / f"{name}.lock"
+
+    @property
+    def owner_path(self) -> Path:
+        """Who holds the lock (pid, host, since), for the messages of the others."""
+        return self.lock_path.with_suffix(".owner.json")
+
+    @contextlib.contextmanager
+    def lock(self, wait: bool = True, say: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold this record's lock: two processes never compute the same record at once.
+
+        The lock is an OS file lock (``filelock``: ``flock`` on POSIX), which the kernel releases
+        when its holder dies, so a killed run never blocks the next one; the owner file beside it
+        then still names the dead holder, which is reported as a stale lock taken over. A second
+        process waits (saying for whom) or, with ``wait=False``, fails naming the holder. Callers
+        re-check :attr:`complete` after acquiring: the holder may have finished the record.
+        """
+        from filelock import FileLock, Timeout
+
+        say = say or _say
+        make_dirs(self.lock_path.parent)
+        lock = FileLock(str(self.lock_path))
+        try:
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                holder = describe_owner(self._read_owner(retries=10))
+                if not wait:
+                    raise FmsslError(f"{self.directory}: being computed by {holder}; wait for it to finish "
+                                     "(run without --no-wait) or rerun later") from None
+                say(f"waiting for {self.directory} (held by {holder})")
+                lock.acquire()
+        except OSError as err:
+            raise FmsslError(f"cannot lock {self.lock_path}: {err.strerror or err}") from None
+        try:
+            stale = self._read_owner()
+            if stale is not None:
+                alive = stale.get("host") == socket.gethostname() and _pid_alive(stale.get("pid"))
+                say(f"taking over the stale lock of {self.directory}: {describe_owner(stale)} ended without releasing "
+                    f"it ({'pid reused' if alive else 'no longer running'})")
+            atomic_write_json(self.owner_path, owner_info())
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                self.owner_path.unlink()  # before the release: a new holder never finds ours
+            lock.release()
+
+    def holder(self) -> dict[str, Any] | None:
+        """Who computes this record now, from the lock's owner file; None if nobody (or a holder known dead).
+
+        A holder on another host cannot be checked and counts as alive; the lock itself decides.
+        """
+        owner = self._read_owner()
+        if owner and owner.get("host") == socket.gethostname() and not _pid_alive(owner.get("pid")):
+            return None
+        return owner
+
+    def _read_owner(self, retries: int = 0) -> dict[str, Any] | None:
+        for attempt in range(retries + 1):
+            try:
+                data = json.loads(self.owner_path.read_text())
+                return data if isinstance(data, dict) else None
+            except (OSError, ValueError):
+                if attempt < retries:
+                    time.sleep(0.1)  # the holder has the lock but has not written its name yet
+        return None
 
     def begin(self, config: dict[str, Any], split: dict[str, Any] | None = None) -> None:
         """Create the folder and write ``config.json`` (+ ``split.json``); checks a resumed folder is ours."""
@@ -127,7 +248,7 @@ class Record:
                 old = None
             if old is not None and old != json.loads(canonical_json(self.identity)):
                 raise FmsslError(f"{existing}: belongs to another run identity; delete the folder or use --force")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.directory)
         atomic_write_json(existing, {**config, "identity": self.identity, "identity_hash": self.key})
         if split is not None:
             atomic_write_json(self.directory / "split.json", split)
@@ -140,6 +261,32 @@ class Record:
                    "record": str(self.directory)}
         atomic_write_json(self.directory / "summary.json", summary)
         return summary
+
+
+def owner_info() -> dict[str, Any]:
+    """This process, as the owner file of a record lock and ``provenance.json`` name it."""
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()), "argv": sys.argv[1:]}
+
+
+def describe_owner(owner: dict[str, Any] | None) -> str:
+    if not owner:
+        return "another process"
+    return f"pid {owner.get('pid')} on host {owner.get('host')} since {owner.get('since')}"
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _git_commit() -> str | None:
