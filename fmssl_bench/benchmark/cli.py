@@ -15,7 +15,7 @@ from typing import Sequence
 
 from ..errors import FmsslError
 
-SUBCOMMANDS = ("run", "list", "leaderboard", "check-data", "bench", "oracle", "evaluate", "grid")
+SUBCOMMANDS = ("run", "list", "leaderboard", "check-data", "bench", "oracle", "evaluate", "grid", "regress", "export")
 DEMO = {"dataset": "synthetic-2d", "methods": ("supervised", "mean_teacher"), "labeled": "4", "seed": 0}
 
 
@@ -108,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "method's prediction folder on the same test split"))
     _add_grid_args(sub.add_parser("grid", help="run the missing records of methods x datasets x budgets x seeds "
                                                "(local or on a Ray cluster); finished ones are skipped, killed ones resume"))
+    rg = sub.add_parser("regress", help="compare records with the committed measured leaderboard or the papers; "
+                                        "exit 1 when a row regresses")
+    rg.add_argument("--against", choices=["measured", "paper"], default="measured")
+    rg.add_argument("--runs", help="results root to check (default: $FMSSL_RESULTS or ./runs)")
+    rg.add_argument("--golden", default="leaderboards/measured", help="the committed measured records (default %(default)s)")
+    rg.add_argument("--tolerance", type=float, help="fixed tolerance in Dice points (default: from the golden spread)")
+    rg.add_argument("--k", type=float, default=3.0, help="tolerance = max(k x golden std over seeds, floor) (default 3)")
+    rg.add_argument("--floor", type=float, default=1.0, help="smallest tolerance in Dice points (default 1)")
+    ex = sub.add_parser("export", help="copy the small files of complete records (no checkpoints, predictions, "
+                                       "artifacts) into a folder to commit, e.g. leaderboards/measured")
+    ex.add_argument("--runs", help="results root (default: $FMSSL_RESULTS or ./runs)")
+    ex.add_argument("--to", required=True, help="target folder (itself a results root afterwards)")
+    ex.add_argument("--dataset", help="only this dataset's records")
     bench = sub.add_parser("bench", help="micro-benchmarks (metrics)")
     bench_sub = bench.add_subparsers(dest="bench_what", required=True)
     from .evaluation import bench_metrics
@@ -201,11 +214,33 @@ def cmd_grid(args: argparse.Namespace) -> int:
         raise FmsslError("grid: --data-root names one folder; give one dataset or use $FMSSL_DATA")
     specs = grid_specs(parse_list(args.methods, "--methods"), datasets, parse_list(args.budgets, "--budgets"),
                        parse_seeds(args.seeds), protocol=args.protocol, data_root=args.data_root, out=args.out,
-                       method_args=_options(args.method_arg), dataset_options=_options(args.dataset_option),
+                       method_args=_method_args(args.method_arg), dataset_options=_options(args.dataset_option),
                        device=args.device, force=args.force, iterations=args.iterations, progress=False)
     cells = run_grid(specs, executor=args.executor, address=args.address, workers=args.workers,
                      cpus_per_run=args.cpus_per_run)
     return 1 if any(c.status == "failed" for c in cells) else 0
+
+
+def cmd_regress(args: argparse.Namespace) -> int:
+    from .. import paths
+    from .records.regress import run_regress
+
+    runs = Path(args.runs) if args.runs else paths.results_root()
+    checks, text = run_regress(runs, args.against, Path(args.golden), args.k, args.floor, args.tolerance)
+    print(text)
+    regressed = [c for c in checks if c.status == "REGRESSED"]
+    checked = [c for c in checks if c.reference is not None]
+    print(f"\nregress --against {args.against}: {len(checked)} row(s) with a reference, {len(regressed)} regressed")
+    return 1 if regressed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .. import paths
+    from .records.export import export_records
+
+    copied = export_records(Path(args.runs) if args.runs else paths.results_root(), Path(args.to), args.dataset)
+    print(f"exported {len(copied)} complete record(s) to {args.to}")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -300,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     args = parser.parse_args(argv)
     handlers = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "check-data": cmd_check_data,
-                "oracle": cmd_oracle, "grid": cmd_grid}
+                "oracle": cmd_oracle, "grid": cmd_grid, "regress": cmd_regress,
+                "export": cmd_export}
     if args.command == "evaluate":
         from .evaluation import rescore
 

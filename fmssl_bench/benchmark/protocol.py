@@ -86,6 +86,8 @@ class Protocol:
     description: str = ""
     ndim: int = _f(3, ge=2, le=3)
     resize: tuple[int, ...] | None = _f(None, ge=1)  # 2D: training/inference resolution; predictions resized back
+    scale: float | None = _f(None, gt=0, le=1)
+    """3D CPU tiers: train and infer on volumes resampled by this factor; predictions resampled back."""
     net: NetConfig = field(default_factory=NetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
@@ -100,6 +102,14 @@ class Protocol:
         data = dataclasses.asdict(self)
         data.pop("source")
         return data
+
+    def training_size(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The spatial size a case of ``shape`` is trained and inferred at (None: its own)."""
+        if self.resize is not None:
+            return tuple(self.resize)
+        if self.scale is not None and self.scale != 1:
+            return tuple(max(1, int(round(d * self.scale))) for d in shape)
+        return None
 
     def stage_config(self, stage: str) -> TrainConfig:
         """``train`` with the stage's overrides from the ``stages:`` section applied."""
@@ -187,7 +197,7 @@ def protocol_from_dict(data: dict[str, Any], source: str = "<dict>") -> Protocol
         raise ConfigError(f"{source}: name {_shown(data['name'])}: expected a non-empty text")
     if not isinstance(data.get("description", ""), str):
         raise ConfigError(f"{source}: description {_shown(data['description'])}: expected a text")
-    for key in ("ndim", "resize", "eval_workers"):
+    for key in ("ndim", "resize", "scale", "eval_workers"):
         if key in data:
             data[key] = _check_field(Protocol, key, data[key], source)
     for key, cls in _SECTIONS.items():
@@ -227,6 +237,8 @@ def _validate(p: Protocol, source: str) -> None:
             raise ConfigError(f"{source}: resize {list(p.resize)}: only 2D protocols resize; remove it (ndim is {p.ndim})")
         if len(p.resize) != p.ndim:
             raise ConfigError(f"{source}: resize {list(p.resize)} has {len(p.resize)} dims; expected {p.ndim}")
+    if p.scale is not None and p.ndim != 3:
+        raise ConfigError(f"{source}: scale {p.scale}: only 3D protocols scale; 2D protocols use resize")
     vnet = p.net.name == "vnet"
     _validate_train(p.train, f"{source}: train", p.ndim, vnet)
     for stage, overrides in p.stages.items():

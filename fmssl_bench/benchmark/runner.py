@@ -219,9 +219,20 @@ class Views:
 def load_views(prep: Prepared) -> Views:
     """Every training and test case read and validated (the last check before anything is written)."""
     protocol, adapter = prep.protocol, prep.adapter
-    return Views(build_labeled_view(adapter, prep.labeled_ids, protocol.resize),
-                 build_unlabeled_view(adapter.image_reader(), prep.unlabeled_ids, protocol.resize),
+    return Views(build_labeled_view(adapter, prep.labeled_ids, protocol.training_size),
+                 build_unlabeled_view(adapter.image_reader(), prep.unlabeled_ids, protocol.training_size),
                  TestView(adapter, prep.test_ids, preload=True))
+
+
+def write_pictures(directory: Path, adapter: DatasetAdapter, test_ids: list[str]) -> None:
+    """``progress.png`` and ``overlays.png`` in the record; a plotting problem never fails a run."""
+    try:
+        from .evaluation.figures import write_overlays_png, write_progress_png
+
+        write_progress_png(directory)
+        write_overlays_png(directory, adapter, test_ids)
+    except Exception as err:  # matplotlib missing or a drawing bug: the numbers matter more
+        say(f"warning: pictures not written ({type(err).__name__}: {err})")
 
 
 def drop_embedding_cache(folder: Path) -> dict[str, Any] | None:
@@ -302,6 +313,7 @@ def _train_and_evaluate(prep: Prepared, views: Views, device: torch.device, sett
                               predictions_dir=record.predictions_dir)
     eval_seconds = time.time() - t0
     write_per_case(record.path("per_case.csv"), rows)
+    write_pictures(record.directory, adapter, prep.test_ids)
     fm_cache = drop_embedding_cache(record.path("fm_cache"))
     provenance = {
         **records.environment(),

@@ -6,8 +6,10 @@
   unlabeled cases need no label file at all;
 - :class:`TestView` is held by the runner/evaluator alone and is never passed to a method.
 
-2D protocols train at a fixed resolution (``protocol.resize``): labeled and unlabeled images are
-resized here once; the test view keeps original images so scores are computed at full size.
+2D protocols train at a fixed resolution (``protocol.resize``), 3D CPU protocols at a fraction of
+it (``protocol.scale``): labeled and unlabeled images are resampled here once (the size comes from
+``protocol.training_size``); the test view keeps original images so scores are computed at full
+size, after the prediction is resampled back.
 """
 
 from __future__ import annotations
@@ -25,12 +27,17 @@ from ..datasets.base import Case, DatasetAdapter
 from ..errors import DataError
 
 
+#: a spatial shape -> the training-frame shape (None: keep it)
+Sizer = Callable[[tuple[int, ...]], "tuple[int, ...] | None"]
+
+
 def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Bilinear (area when shrinking) resize of a (C, H, W) image."""
+    """(Bi/tri)linear (area when shrinking) resize of a (C, *spatial) image, 2D or 3D."""
     if tuple(image.shape[1:]) == tuple(size):
         return image
-    t = torch.from_numpy(image)[None]
-    mode = "area" if all(s <= o for s, o in zip(size, image.shape[1:])) else "bilinear"
+    t = torch.from_numpy(np.ascontiguousarray(image))[None]
+    linear = "bilinear" if len(size) == 2 else "trilinear"
+    mode = "area" if all(s <= o for s, o in zip(size, image.shape[1:])) else linear
     out = F.interpolate(t, size=tuple(size), mode=mode, **({} if mode == "area" else {"align_corners": False}))
     return out[0].numpy()
 
@@ -130,22 +137,34 @@ def _progress(ids: list[str], what: str) -> Iterator[str]:
     return progress_bar(len(ids) >= 8, ids, desc=f"loading {what}", unit="case", every=max(1, len(ids) // 4))
 
 
-def build_labeled_view(adapter: DatasetAdapter, ids: list[str], resize: Sequence[int] | None) -> LabeledView:
+def _sizer(resize: "Sequence[int] | Sizer | None") -> Sizer:
+    """A fixed size (2D ``resize``), a function of the case's shape (``protocol.training_size``) or none."""
+    if resize is None or callable(resize):
+        return resize or (lambda shape: None)
+    return lambda shape: tuple(resize)
+
+
+def build_labeled_view(adapter: DatasetAdapter, ids: list[str], resize: "Sequence[int] | Sizer | None") -> LabeledView:
+    sizer = _sizer(resize)
     images, labels = [], []
     for case_id in _progress(ids, "labeled"):
         case = load_labeled_case(adapter, case_id, "labeled")
         image, label = case.image, case.label
-        if resize is not None:
-            image, label = resize_image(image, resize), resize_label(label, resize)
+        size = sizer(tuple(label.shape))
+        if size is not None:
+            image, label = resize_image(image, size), resize_label(label, size)
         images.append(image)
         labels.append(label)
     return LabeledView(list(ids), images, labels)
 
 
-def build_unlabeled_view(read_image: Callable[[str], np.ndarray], ids: list[str], resize: Sequence[int] | None) -> UnlabeledView:
+def build_unlabeled_view(read_image: Callable[[str], np.ndarray], ids: list[str],
+                         resize: "Sequence[int] | Sizer | None") -> UnlabeledView:
     """Built from an image reader alone: this function has no way to reach a label."""
+    sizer = _sizer(resize)
     images = []
     for case_id in _progress(ids, "unlabeled"):
         image = read_image(case_id)
-        images.append(resize_image(image, resize) if resize is not None else image)
+        size = sizer(tuple(image.shape[1:]))
+        images.append(resize_image(image, size) if size is not None else image)
     return UnlabeledView(list(ids), images)

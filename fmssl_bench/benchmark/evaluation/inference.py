@@ -78,7 +78,13 @@ def predict(net: torch.nn.Module, image: np.ndarray, protocol: Protocol, device:
     net.eval()
     cfg = protocol.inference
     if cfg.mode == "sliding_window":
-        probs = sliding_window_probs(net, image, cfg, device)
+        size = protocol.training_size(tuple(image.shape[1:]))
+        if size is None:
+            probs = sliding_window_probs(net, image, cfg, device)
+        else:  # a scaled 3D protocol: predict in the training frame, resample the softmax back
+            low = sliding_window_probs(net, resize_image(image, size), cfg, device)
+            probs = F.interpolate(torch.from_numpy(low)[None], size=tuple(image.shape[1:]), mode="trilinear",
+                                  align_corners=False)[0].numpy()
     else:
         probs = whole_image_probs(net, image, protocol.resize, device)
     pred = probs.argmax(0).astype(np.uint8)

@@ -88,6 +88,8 @@ def result_fields(protocol_dict: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in flat.items():
         if key in RUNTIME_FIELDS or key.split(".")[0] in RUNTIME_FIELDS:
             continue
+        if value is None:  # an optional feature that is off: adding such a field later keeps old identities
+            continue
         parts = key.split(".")
         if parts[0] == "stages" and len(parts) == 3 and parts[2] in RUNTIME_STAGE_FIELDS:
             continue

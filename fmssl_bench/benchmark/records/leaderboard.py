@@ -314,7 +314,7 @@ def _fmt(row: dict[str, Any], metric: str) -> str:
 HEADERS = ["dataset", "protocol", "method", "labeled", "args", "L/U/test", "seeds", "Dice %", "Jaccard %", "HD95",
            "ASD", "Sen %", "empty pred", "paper Dice %"]
 STAT_HEADER = "Δ Dice vs supervised [95% CI], p"
-LEGEND = ("mean over test cases, ± sample std over seeds (ddof 1, from 2 seeds), (± mean per-case std); "
+LEGEND = ("mean over test cases, ± sample std over seeds (ddof 1; shown from 2 seeds on, the seeds column counts them), (± mean per-case std); "
           "args: what differs from the other rows of the same dataset/protocol/method/labeled or from the "
           "defaults; paper Dice % only where the run's setting equals the paper's")
 STAT_LEGEND = f"{STAT_HEADER}: Dice % points against the supervised row of the same protocol and budget, {METHOD_TEXT}"
