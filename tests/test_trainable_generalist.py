@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_sam
 import torch.nn.functional as F
 
 from fmssl_bench.foundation import (
@@ -35,29 +36,6 @@ from fmssl_bench.foundation import (
 SIZE = 96  # training images are this square size (the encoder frame is 256 px regardless)
 
 
-def tiny_sam(seed: int = 0) -> torch.nn.Module:
-    """segment_anything's real Sam with a 2-block ViT encoder (128 px, dim 32), random init."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    torch.manual_seed(seed)
-    dim, size, patch = 32, 128, 16
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=size, patch_size=patch, embed_dim=dim, depth=2, num_heads=2, mlp_ratio=2.0,
-            out_chans=dim, qkv_bias=True, use_rel_pos=True, window_size=4, global_attn_indexes=(1,),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=dim, image_embedding_size=(size // patch, size // patch),
-            input_image_size=(size, size), mask_in_chans=8,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
-            transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32,
-        ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
-    )
 
 
 def blob(cy: float, cx: float, r: float, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
