@@ -197,7 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     root = out or paths.results_root()
     keys = {(s["dataset"], s["protocol"]) for s in summaries}
-    table = [r for r in aggregate(find_summaries(root)) if (r["dataset"], r["protocol"]) in keys]
+    # only this run's (dataset, protocol): the statistics of every other row in the root are not needed here
+    table = aggregate(s for s in find_summaries(root) if (s.get("dataset"), s.get("protocol")) in keys)
     print()
     print(render(table, "md"))
     lb_dir = Path(args.leaderboard_dir) if args.leaderboard_dir else root / "leaderboards"
@@ -232,6 +233,12 @@ def cmd_regress(args: argparse.Namespace) -> int:
     checked = [c for c in checks if c.reference is not None]
     print(f"\nregress --against {args.against}: {len(checked)} row(s) with a reference, {len(regressed)} regressed")
     return 1 if regressed else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import rescore
+
+    return rescore.run(args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -335,12 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     args = parser.parse_args(argv)
     handlers = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "check-data": cmd_check_data,
-                "oracle": cmd_oracle, "grid": cmd_grid, "regress": cmd_regress,
-                "export": cmd_export}
-    if args.command == "evaluate":
-        from .evaluation import rescore
-
-        handlers["evaluate"] = rescore.run
+                "oracle": cmd_oracle, "grid": cmd_grid, "regress": cmd_regress, "export": cmd_export,
+                "evaluate": cmd_evaluate}
     try:
         if args.command == "bench":
             from .evaluation import bench_metrics

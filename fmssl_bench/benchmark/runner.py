@@ -95,15 +95,18 @@ class Prepared:
     labeled_ids: list[str]
     unlabeled_ids: list[str]
     test_ids: list[str]
-    split_source: str
+    split: ResolvedSplit
     overrides: Overrides
     generalists: dict[str, str | None]
     record: records.Record
-    split: ResolvedSplit | None = None
 
     @property
     def directory(self) -> Path:
         return self.record.directory
+
+    @property
+    def split_source(self) -> str:
+        return self.split.source
 
 
 def check_spec(spec: RunSpec) -> None:
@@ -168,8 +171,8 @@ def prepare(spec: RunSpec) -> Prepared:
         protocol=protocol.to_dict(), overrides=overrides.to_dict(), split=split_identity(labeled, unlabeled, test),
         generalists=generalists, seed=spec.seed, budget=budget.text)
     record = records.Record.locate(out, spec.dataset, spec.method, budget.text, spec.seed, identity)
-    return Prepared(spec, adapter, protocol, method_cls, args, labeled, unlabeled, test, split.source, overrides,
-                    generalists, record, split)
+    return Prepared(spec, adapter, protocol, method_cls, args, labeled, unlabeled, test, split, overrides,
+                    generalists, record)
 
 
 def announce_resume(directory: Path) -> list[tuple[str, int, int]]:
@@ -291,8 +294,7 @@ def _train_and_evaluate(prep: Prepared, views: Views, device: torch.device, sett
         "labeled": spec.labeled, "seed": spec.seed, "protocol": protocol.name, "protocol_resolved": protocol.to_dict(),
         "device": str(device), "overrides": prep.overrides.to_dict(), "deterministic": spec.deterministic,
     }
-    if prep.split is not None:
-        prep.split.persist()
+    prep.split.persist()
     record.begin(config, {"source": prep.split_source, "labeled": prep.labeled_ids, "unlabeled": prep.unlabeled_ids,
                           "test": prep.test_ids})
     ctx = RunContext(

@@ -137,20 +137,13 @@ def _progress(ids: list[str], what: str) -> Iterator[str]:
     return progress_bar(len(ids) >= 8, ids, desc=f"loading {what}", unit="case", every=max(1, len(ids) // 4))
 
 
-def _sizer(resize: "Sequence[int] | Sizer | None") -> Sizer:
-    """A fixed size (2D ``resize``), a function of the case's shape (``protocol.training_size``) or none."""
-    if resize is None or callable(resize):
-        return resize or (lambda shape: None)
-    return lambda shape: tuple(resize)
-
-
-def build_labeled_view(adapter: DatasetAdapter, ids: list[str], resize: "Sequence[int] | Sizer | None") -> LabeledView:
-    sizer = _sizer(resize)
+def build_labeled_view(adapter: DatasetAdapter, ids: list[str], size_for: Sizer | None) -> LabeledView:
+    """``size_for`` (``protocol.training_size``) gives each case's training-frame shape; None keeps it."""
     images, labels = [], []
     for case_id in _progress(ids, "labeled"):
         case = load_labeled_case(adapter, case_id, "labeled")
         image, label = case.image, case.label
-        size = sizer(tuple(label.shape))
+        size = size_for(tuple(label.shape)) if size_for is not None else None
         if size is not None:
             image, label = resize_image(image, size), resize_label(label, size)
         images.append(image)
@@ -159,12 +152,11 @@ def build_labeled_view(adapter: DatasetAdapter, ids: list[str], resize: "Sequenc
 
 
 def build_unlabeled_view(read_image: Callable[[str], np.ndarray], ids: list[str],
-                         resize: "Sequence[int] | Sizer | None") -> UnlabeledView:
+                         size_for: Sizer | None) -> UnlabeledView:
     """Built from an image reader alone: this function has no way to reach a label."""
-    sizer = _sizer(resize)
     images = []
     for case_id in _progress(ids, "unlabeled"):
         image = read_image(case_id)
-        size = sizer(tuple(image.shape[1:]))
+        size = size_for(tuple(image.shape[1:])) if size_for is not None else None
         images.append(resize_image(image, size) if size is not None else image)
     return UnlabeledView(list(ids), images)

@@ -136,12 +136,3 @@ def row_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
     row["split"] = split
     return row
 
-
-def describe_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    """Flattened fields where two identities differ, as ``field: a ≠ b`` lines."""
-    fa, fb = flatten(a), flatten(b)
-    out = []
-    for key in sorted(set(fa) | set(fb)):
-        if fa.get(key) != fb.get(key):
-            out.append(f"{key}: {fa.get(key)!r} ≠ {fb.get(key)!r}")
-    return out

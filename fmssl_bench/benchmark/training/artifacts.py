@@ -14,7 +14,7 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -84,6 +84,3 @@ class ArtifactStore:
         return {d.name: sorted(f.name for f in d.iterdir() if not f.name.startswith("."))
                 for d in sorted(self.root.iterdir()) if d.is_dir()}
 
-
-def as_arrays(mapping: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {str(k): np.asarray(v) for k, v in mapping.items()}
