@@ -290,6 +290,9 @@ class Method:
     """False: batches carry labeled cases only (batch size = the stage's ``labeled_bs``)."""
     deviations: ClassVar[list[str]] = []
     """How this implementation departs from the paper; recorded in every run's provenance."""
+    paper_names: ClassVar[tuple[tuple[str, str], ...]] = ()
+    """How the seed papers' tables print this method: (method, base) as in the ``method`` and
+    ``base`` columns of ``leaderboards/paper/*.csv``; the leaderboard puts those rows beside it."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

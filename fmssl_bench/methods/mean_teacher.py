@@ -76,6 +76,7 @@ class TeacherStudent(Method):
 class MeanTeacher(TeacherStudent):
     name = "mean_teacher"
     description = "Mean Teacher, UA-MT hyper-parameters (EMA 0.99, softmax-MSE consistency ramped to 0.1)"
+    paper_names = (("MT", ""),)
 
     def training_step(self, batch, iteration: int) -> StepOutput:
         return self.mean_teacher_step(batch, iteration)[1]

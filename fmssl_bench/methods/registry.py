@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any
 
 from ..errors import ConfigError, unknown_name
 from ..api import Method
 
 _METHODS: dict[str, type[Method]] = {}
-_MODULES = ("supervised", "mean_teacher", "semisam", "sam_zero_shot")
 _loaded = False
 
 
@@ -23,8 +23,10 @@ def register_method(cls: type[Method]) -> type[Method]:
 def _load() -> None:
     global _loaded
     if not _loaded:
-        for module in _MODULES:
-            importlib.import_module(f"{__package__}.{module}")
+        # every module of the package is imported once; a module registers what it defines, so a
+        # new method is one new file (helpers such as losses.py simply register nothing)
+        for module in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
+            importlib.import_module(f"{__package__}.{module.name}")
         _loaded = True
 
 
@@ -38,6 +40,12 @@ def method_class(name: str) -> type[Method]:
     if name not in _METHODS:
         raise unknown_name("method", name, list(_METHODS))
     return _METHODS[name]
+
+
+def paper_names() -> dict[str, list[tuple[str, str]]]:
+    """harness method -> how the seed papers print it, from each method's own registration."""
+    _load()
+    return {n: list(cls.paper_names) for n, cls in sorted(_METHODS.items()) if cls.paper_names}
 
 
 def describe_methods() -> dict[str, str]:

@@ -116,6 +116,7 @@ class FMAssistedTeacher(TeacherStudent):
 class SemiSAM(FMAssistedTeacher):
     name = "semisam"
     description = "SemiSAM (001): Mean Teacher + generalist pseudo-labels from specialist prompts, ramp-down weight"
+    paper_names = (("SemiSAM", "MT"),)
     arguments = {**TeacherStudent.arguments, **FM_ARGUMENTS,
                  "generalist": Arg("litemedsam", str, "the generalist (see `fmssl-bench list generalists`)")}
     deviations = ["2D generalist slice-wise instead of SAM-Med3D on 128^3 patches",

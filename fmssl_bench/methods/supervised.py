@@ -15,6 +15,7 @@ from .registry import register_method
 class Supervised(Method):
     name = "supervised"
     description = "labeled cases only, 0.5*(CE+Dice) (lower bound; upper bound with --labeled all)"
+    paper_names = (("Supervised", ""), ("FS Baseline", ""), ("FS Upperbound", ""), ("V-Net", ""), ("3D U-Net", ""))
     uses_unlabeled = False
 
     def training_step(self, batch, iteration: int) -> StepOutput:

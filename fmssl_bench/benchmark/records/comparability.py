@@ -31,12 +31,6 @@ from ..evaluation.metrics import METRICS
 from ..protocol import load_protocol
 from .identity import flatten, result_fields
 
-#: harness method -> how the seed papers print it: (method, base)
-PAPER_METHODS: dict[str, list[tuple[str, str]]] = {
-    "supervised": [("Supervised", ""), ("FS Baseline", ""), ("FS Upperbound", ""), ("V-Net", ""), ("3D U-Net", "")],
-    "mean_teacher": [("MT", "")],
-    "semisam": [("SemiSAM", "MT")],
-}
 #: harness data set -> the papers' data set name
 PAPER_DATASETS: dict[str, str] = {
     "la": "LA", "brats2019": "BraTS2019", "kvasir": "Kvasir", "cvc-clinicdb": "CVC-ClinicDB",
@@ -120,7 +114,9 @@ def paper_text(paper_row: Mapping[str, Any]) -> str:
 def paper_candidates(papers: Iterable[Mapping[str, str]], dataset: str, method: str, labeled: str,
                      metric: str = "dice") -> list[Mapping[str, str]]:
     """Paper numbers of the same data set, method and printed labeled count (whatever the setting)."""
-    names = PAPER_METHODS.get(method, [])
+    from ...methods.registry import paper_names  # each method's own registration says its paper names
+
+    names = paper_names().get(method, [])
     ds = PAPER_DATASETS.get(dataset, dataset)
     return [
         r for r in papers

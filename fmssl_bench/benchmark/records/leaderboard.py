@@ -40,13 +40,13 @@ except ImportError:  # pragma: no cover - Python 3.10
 
 from ...errors import FmsslError
 from ..evaluation.metrics import METRICS
-from .comparability import (PAPER_DATASETS, PAPER_METHODS, compare, describe, format_value, method_defaults,
+from .comparability import (PAPER_DATASETS, compare, describe, format_value, method_defaults,
                             paper_candidates, paper_text, reference_fields)
 from .identity import flatten
 from .statistics import METHOD_TEXT, attach_baseline_tests, baseline_keys, case_dice
 from .store import atomic_write_text
 
-__all__ = ["PAPER_DATASETS", "PAPER_METHODS", "aggregate", "find_summaries", "headers", "paper_dir", "paper_numbers",
+__all__ = ["PAPER_DATASETS", "aggregate", "find_summaries", "headers", "paper_dir", "paper_numbers",
            "paper_value", "record_dir", "render", "write_leaderboards"]
 
 PERCENT = {"dice", "jaccard", "sensitivity"}
