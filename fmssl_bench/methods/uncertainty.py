@@ -1,0 +1,57 @@
+"""Uncertainty of a network's prediction: the one home of entropy maps and MC-dropout estimates.
+
+UA-MT (yulequan/UA-MT ``train_LA_meanteacher_certainty_unlabel.py``) estimates the teacher's
+uncertainty with T stochastic forward passes (dropout active, input noise
+clamp(0.1 N(0,1), -0.2, 0.2)) and takes the entropy of the mean softmax; ACMT, UPS and the
+pseudo-label methods reuse the same two pieces.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def entropy_map(probs: torch.Tensor, normalise: bool = False, eps: float = 1e-6) -> torch.Tensor:
+    """Per-voxel entropy ``-sum_k p_k log p_k`` of class probabilities ``(B, K, ...)`` -> ``(B, 1, ...)``.
+
+    ``normalise`` divides by ``ln K`` so the map lies in [0, 1] whatever the number of classes
+    (UA-MT's threshold 0.75..1 x ln 2 is on the unnormalised scale of a 2-class task).
+    """
+    ent = -(probs * torch.log(probs + eps)).sum(1, keepdim=True)
+    return ent / math.log(probs.shape[1]) if normalise else ent
+
+
+def gaussian_input_noise(images: torch.Tensor, std: float = 0.1, clip: float = 0.2) -> torch.Tensor:
+    """UA-MT's input perturbation: ``images + clamp(std N(0,1), -clip, clip)``."""
+    return images + torch.clamp(torch.randn_like(images) * std, -clip, clip)
+
+
+@torch.no_grad()
+def mc_dropout_probs(net: nn.Module, images: torch.Tensor, passes: int = 8,
+                     perturb: Callable[[torch.Tensor], torch.Tensor] = gaussian_input_noise,
+                     chunk: int = 2) -> torch.Tensor:
+    """Mean softmax of ``passes`` stochastic forward passes (dropout on, perturbed input).
+
+    The network is put in train mode for the passes (dropout active, as UA-MT's teacher, which
+    is never switched to eval) and restored to its previous mode afterwards. UA-MT stacks the T
+    copies in batches of 2 x batch; ``chunk`` passes are run per forward to bound memory the
+    same way.
+    """
+    was_training = net.training
+    net.train()
+    try:
+        total = None
+        done = 0
+        while done < passes:
+            k = min(chunk, passes - done)
+            stacked = torch.cat([perturb(images) for _ in range(k)])
+            probs = torch.softmax(net(stacked), 1).reshape(k, *images.shape[:1], -1, *images.shape[2:])
+            total = probs.sum(0) if total is None else total + probs.sum(0)
+            done += k
+        return total / passes
+    finally:
+        net.train(was_training)
