@@ -52,3 +52,14 @@ def test_tolerance_comes_from_the_golden_spread():
     assert check.status == "REGRESSED" and "tolerance 0.20" in check.source
     (check,) = against_measured([summary(5, 0.1)], golden)
     assert check.status == "no reference"
+
+
+def test_require_reference_fails_a_row_whose_identity_matches_no_golden_row(tmp_path, monkeypatch, capsys):
+    import fmssl_bench.benchmark.records.regress as regress
+
+    checks = [Check("synthetic-2d/p/supervised/labeled 4", [0], 70.0, None, None, "no golden row")]
+    monkeypatch.setattr(regress, "run_regress", lambda *a, **k: (checks, regress.render(checks)))
+    (tmp_path / "runs").mkdir()
+    assert main(["regress", "--runs", str(tmp_path / "runs")]) == 0  # informative by default
+    assert main(["regress", "--runs", str(tmp_path / "runs"), "--require-reference"]) == 1
+    assert "1 row(s) without a reference" in capsys.readouterr().out

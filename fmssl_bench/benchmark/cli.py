@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--tolerance", type=float, help="fixed tolerance in Dice points (default: from the golden spread)")
     rg.add_argument("--k", type=float, default=3.0, help="tolerance = max(k x golden std over seeds, floor) (default 3)")
     rg.add_argument("--floor", type=float, default=1.0, help="smallest tolerance in Dice points (default 1)")
+    rg.add_argument("--require-reference", action="store_true",
+                    help="also exit 1 when a row has no reference (CI: a changed run identity must not pass unseen)")
     ex = sub.add_parser("export", help="copy the small files of complete records (no checkpoints, predictions, "
                                        "artifacts) into a folder to commit, e.g. leaderboards/measured")
     ex.add_argument("--runs", help="results root (default: $FMSSL_RESULTS or ./runs)")
@@ -231,7 +233,12 @@ def cmd_regress(args: argparse.Namespace) -> int:
     print(text)
     regressed = [c for c in checks if c.status == "REGRESSED"]
     checked = [c for c in checks if c.reference is not None]
+    missing = [c for c in checks if c.reference is None]
     print(f"\nregress --against {args.against}: {len(checked)} row(s) with a reference, {len(regressed)} regressed")
+    if args.require_reference and missing:
+        print(f"--require-reference: {len(missing)} row(s) without a reference (their run identity matches no "
+              f"golden/paper row): {', '.join(c.row for c in missing)}")
+        return 1
     return 1 if regressed else 0
 
 
