@@ -2,9 +2,24 @@
 
 SemiSAM = Mean Teacher + a SAM-assisted branch: the student's prediction on the unlabeled patch
 localises the object, prompts are drawn from its low-uncertainty part, the generalist segments,
-and ``lambda_s * L_con(student, generalist)`` is added to MT's loss, with the ramp-*down*
-``lambda_s = 0.1 * exp(-5 t / t_max)`` (strong guidance early, little late) on top of MT's ramp-up
-``lambda_c``. ``L_con`` is MT's softmax-MSE, restricted to voxels where the generalist was asked.
+and ``lambda_s * L_con(student, generalist)`` is added to MT's loss, with a ramp-*down* weight
+``lambda_s`` (strong guidance early, little late) on top of MT's ramp-up ``lambda_c``.
+
+How the terms are weighted (``loss_weights``): the seed's Eq. 3 and its text (l.58:
+``lambda_s = 0.1 * exp(-5 t / t_max)``) leave the normalisations open; the public code
+(YichiZhang98/SemiSAM ``code/train_LA_semisam_mt.py``), which produced the table, fixes them, and
+relative to the harness's MT they are about 4x smaller:
+
+- ``code`` (default): ``(CE + Dice)`` on the labeled part (no 1/2); the teacher consistency over the
+  *whole* batch, ``sum(dist) / (2 numel)`` (= 1/2 the mean over batch, classes and voxels);
+  ``1/2 lambda_s`` times the mean squared difference to the generalist over *every* voxel of the
+  unlabeled patches (voxels without a generalist answer count with difference 0, since the code's
+  3D SAM answers everywhere and our slice-wise one may not), with the code's ramp-down
+  ``lambda_s = 0.1 * sigmoid_rampup((T - t) // 150, 40) = 0.1 exp(-5 (t/T)^2)`` in 150-iteration
+  steps (the iteration count per "epoch" scales with the stage like MT's ramp-up).
+- ``paper``: the harness's MT terms (``0.5 (CE + Dice)``, consistency mean over the unlabeled part)
+  plus ``lambda_s`` times the MSE averaged over the voxels the generalist answered, with the text's
+  ``lambda_s = 0.1 exp(-5 t / T)``.
 
 Deviations from the paper, recorded in each run's provenance:
 - Generalist: the paper uses SAM-Med3D on 128^3 patches; SAM-Med3D weights are not available
@@ -28,16 +43,17 @@ misguide the specialist. The loss is confidence-weighted soft CE + Dice against 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 
 from ..api import Arg, StepOutput
 from ..errors import ConfigError
 from .fm_assist import GeneralistBranch, masked_mse
-from .losses import soft_target_ce_dice
+from .losses import soft_dice_loss, soft_target_ce_dice
 from .mean_teacher import TeacherStudent
-from .ramps import sigmoid_rampdown
+from .ramps import sigmoid_rampdown, sigmoid_rampup
 from .registry import register_method
 
 FM_ARGUMENTS: dict[str, Arg] = {
@@ -118,12 +134,38 @@ class SemiSAM(FMAssistedTeacher):
     description = "SemiSAM (001): Mean Teacher + generalist pseudo-labels from specialist prompts, ramp-down weight"
     paper_names = (("SemiSAM", "MT"),)
     arguments = {**TeacherStudent.arguments, **FM_ARGUMENTS,
-                 "generalist": Arg("litemedsam", str, "the generalist (see `fmssl-bench list generalists`)")}
+                 "generalist": Arg("litemedsam", str, "the generalist (see `fmssl-bench list generalists`)"),
+                 "loss_weights": Arg("code", Literal["code", "paper"],
+                                     "how the terms are normalised and ramped: 'code' as the public "
+                                     "train_LA_semisam_mt.py, 'paper' as Eq. 3 with MT's terms (see the docstring)")}
     deviations = ["2D generalist slice-wise instead of SAM-Med3D on 128^3 patches",
                   "prompts from the student's prediction (public code uses labels of unlabeled cases)"]
 
+    def sam_weight(self, iteration: int) -> float:
+        if self.args["loss_weights"] == "paper":
+            return super().sam_weight(iteration)
+        # the code: 0.1 * sigmoid_rampup((max_iterations - iter) // 150, 40), its 150 scaled like MT's ramp
+        return self.args["sam_weight"] * sigmoid_rampup(self.epoch(self.ctx.stage.total - iteration),
+                                                        self.args["rampup_epochs"])
+
     def generalist_loss(self, probs_u, logits_u, targets) -> torch.Tensor:
-        return masked_mse(probs_u, targets.probs[0], targets.defined)
+        if self.args["loss_weights"] == "paper":
+            return masked_mse(probs_u, targets.probs[0], targets.defined)
+        w = targets.defined.unsqueeze(1).to(probs_u.dtype)
+        return 0.5 * ((probs_u - targets.probs[0]) ** 2 * w).mean()  # the code's 0.5 * mean over the patch
+
+    def mean_teacher_step(self, batch, iteration: int):
+        if self.args["loss_weights"] == "paper":
+            return super().mean_teacher_step(batch, iteration)
+        n_l = batch.image_l.shape[0]
+        logits = self.student(batch.images)
+        label = batch.label_l.long()
+        loss_sup = F.cross_entropy(logits[:n_l], label) + soft_dice_loss(torch.softmax(logits[:n_l], 1), label)
+        dist = (torch.softmax(logits, 1) - torch.softmax(self.teacher_logits(batch.images), 1)) ** 2
+        loss_cons = dist.sum() / (2 * dist.numel())
+        weight = self.consistency_weight(iteration)
+        logs = {"loss_sup": float(loss_sup.detach()), "loss_cons": float(loss_cons.detach()), "w_cons": weight}
+        return logits, StepOutput(loss_sup + weight * loss_cons, logs)
 
 
 @register_method
