@@ -39,6 +39,10 @@ the same prompts; their mean is the pseudo-label and a *confidence-aware* per-vo
 ``w = agreement * (1 - H(mean))`` (agreement = all generalists pick the same class; H = normalised
 entropy) replaces the uniform weight, so at tiny budgets uncertain or contested voxels do not
 misguide the specialist. The loss is confidence-weighted soft CE + Dice against the mean.
+The public SemiSAM+ code (YichiZhang98/SemiSAM ``code_semisam+/SemiSAM_train_MT_3D.py``) has one
+generalist (SAM-Med3D) with an uncertainty-weighted MSE, then divides that term by its own value
+(``sum(x) / (sum(x) + 1e-16)``), which makes it a constant of (almost) zero gradient; that is not
+reproduced here (recorded in ``deviations``).
 """
 
 from __future__ import annotations
@@ -176,7 +180,8 @@ class SemiSAMPlus(FMAssistedTeacher):
                  "generalists": Arg("litemedsam,mobilesam", str, "the generalists, comma-separated "
                                                                  "(see `fmssl-bench list generalists`)")}
     deviations = ["design from the abstract: mean of generalists, weight = agreement x (1 - entropy)",
-                  "2D generalists slice-wise instead of 3D SAMs"]
+                  "2D generalists slice-wise instead of 3D SAMs",
+                  "the public code's self-normalised SAM term (constant, ~zero gradient) is not reproduced"]
 
     @staticmethod
     def confidence(targets) -> tuple[torch.Tensor, torch.Tensor]:
