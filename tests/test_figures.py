@@ -39,7 +39,10 @@ def test_pictures_of_a_tiny_2d_run(tmp_path, make_protocol):
     assert_png(write_progress_png(record), (600, 500))  # three panels: losses, learning rate, ramp weights
     adapter = build_dataset("synthetic-2d", None)
     test_ids = adapter.official_split().test
-    assert_png(write_overlays_png(record, adapter, test_ids), (900, 300))  # best, median, worst
+    overlays = write_overlays_png(record, adapter, test_ids)
+    assert_png(overlays, (900, 300))  # best, median, worst
+    with Image.open(overlays) as image:  # a palette image, so committed records stay small
+        assert image.mode == "P" and len(image.getcolors(1024) or []) <= 128
 
 
 def test_overlays_of_a_3d_record_show_the_slice_with_most_reference(tmp_path):
