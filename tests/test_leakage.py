@@ -69,3 +69,16 @@ def test_la_cases_without_label_dataset_are_usable_as_unlabeled(tmp_path, make_p
     rc = main(["--method", "mean_teacher", "--dataset", "la", "--data-root", str(root), "--labeled", "2",
                "--protocol", proto, "--out", str(tmp_path / "runs"), "--no-progress"])
     assert rc == 0
+
+
+def test_supervised_never_reads_unlabeled_images_but_semi_supervised_methods_do_up_front(tmp_path):
+    from fmssl_bench.benchmark.runner import RunSpec, load_views, needs_unlabeled, prepare
+    from fmssl_bench.methods.registry import method_class
+
+    assert not needs_unlabeled(method_class("supervised"))
+    assert needs_unlabeled(method_class("mean_teacher"))
+    views = load_views(prepare(RunSpec(method="supervised", dataset="synthetic-2d", labeled="4", out=str(tmp_path))))
+    assert not views.unlabeled.loaded and len(views.unlabeled) > 0
+    assert len(views.unlabeled.images) == len(views.unlabeled)  # still readable on demand
+    views = load_views(prepare(RunSpec(method="mean_teacher", dataset="synthetic-2d", labeled="4", out=str(tmp_path))))
+    assert views.unlabeled.loaded

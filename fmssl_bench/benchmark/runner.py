@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .. import paths
+from ..api import Method
 from ..datasets import DatasetAdapter, build_dataset, dataset_class
 from ..errors import ConfigError, DataError
 from ..methods.nets import count_parameters
@@ -219,11 +220,23 @@ class Views:
     test: TestView
 
 
+def needs_unlabeled(method_cls: type) -> bool:
+    """Whether a method may read unlabeled images: all but single-stage ones that declare they don't
+    (a method with its own ``fit`` may use ``ctx.unlabeled`` in any stage)."""
+    return bool(method_cls.uses_unlabeled) or method_cls.fit is not Method.fit
+
+
 def load_views(prep: Prepared) -> Views:
-    """Every training and test case read and validated (the last check before anything is written)."""
+    """Every training and test case read and validated (the last check before anything is written).
+
+    Unlabeled images are read up front too, except for methods that never use them
+    (:func:`needs_unlabeled`): for them the view reads on first use, so ``supervised`` on Kvasir
+    does not spend half a minute reading 855 images it ignores.
+    """
     protocol, adapter = prep.protocol, prep.adapter
     return Views(build_labeled_view(adapter, prep.labeled_ids, protocol.training_size),
-                 build_unlabeled_view(adapter.image_reader(), prep.unlabeled_ids, protocol.training_size),
+                 build_unlabeled_view(adapter.image_reader(), prep.unlabeled_ids, protocol.training_size,
+                                      lazy=not needs_unlabeled(prep.method_cls)),
                  TestView(adapter, prep.test_ids, preload=True))
 
 

@@ -60,12 +60,30 @@ class LabeledView:
         return len(self.ids)
 
 
-@dataclass(frozen=True)
 class UnlabeledView:
-    """Images of unlabeled cases; there is deliberately no label attribute."""
+    """Images of unlabeled cases; there is deliberately no label attribute.
 
-    ids: list[str]
-    images: list[np.ndarray]
+    ``images`` may be given, or read on first use through ``load`` (an image-only loader), so a
+    method that never touches unlabeled data (``supervised``) does not pay for reading them.
+    """
+
+    def __init__(self, ids: list[str], images: list[np.ndarray] | None = None,
+                 load: Callable[[], list[np.ndarray]] | None = None) -> None:
+        if images is None and load is None:
+            raise ValueError("UnlabeledView needs its images or a loader")
+        self.ids = list(ids)
+        self._images = images
+        self._load = load
+
+    @property
+    def images(self) -> list[np.ndarray]:
+        if self._images is None:
+            self._images = self._load()
+        return self._images
+
+    @property
+    def loaded(self) -> bool:
+        return self._images is not None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -152,11 +170,18 @@ def build_labeled_view(adapter: DatasetAdapter, ids: list[str], size_for: Sizer 
 
 
 def build_unlabeled_view(read_image: Callable[[str], np.ndarray], ids: list[str],
-                         size_for: Sizer | None) -> UnlabeledView:
-    """Built from an image reader alone: this function has no way to reach a label."""
-    images = []
-    for case_id in _progress(ids, "unlabeled"):
-        image = read_image(case_id)
-        size = size_for(tuple(image.shape[1:])) if size_for is not None else None
-        images.append(resize_image(image, size) if size is not None else image)
-    return UnlabeledView(list(ids), images)
+                         size_for: Sizer | None, lazy: bool = False) -> UnlabeledView:
+    """Built from an image reader alone: this function has no way to reach a label.
+
+    ``lazy``: the images are read on first use instead of now (then bad unlabeled files are
+    reported when a method first asks for them, not before training starts).
+    """
+    def load() -> list[np.ndarray]:
+        images = []
+        for case_id in _progress(ids, "unlabeled"):
+            image = read_image(case_id)
+            size = size_for(tuple(image.shape[1:])) if size_for is not None else None
+            images.append(resize_image(image, size) if size is not None else image)
+        return images
+
+    return UnlabeledView(list(ids), load=load) if lazy else UnlabeledView(list(ids), load())
