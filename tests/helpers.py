@@ -89,3 +89,59 @@ def tiny_sam(seed: int = 0) -> "torch.nn.Module":
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
     )
+
+
+def tiny_method(cls, ndim: int, run_dir: Path, *, total: int = 40, n_classes: int = 3, protocol: str | None = None,
+                **args):
+    """A method on a real RunContext of the synthetic protocol of ``ndim`` (tiny real networks), set up.
+
+    Only what ``training_step`` reads is filled: no data views (a step gets its batch from
+    :func:`synthetic_batch`), the stage ``train`` of length ``total`` (what ramps read).
+    """
+    import torch
+
+    from fmssl_bench.benchmark.protocol import load_protocol
+    from fmssl_bench.benchmark.training.context import RunContext
+    from fmssl_bench.benchmark.training.loop import StageState
+
+    proto = load_protocol(protocol or f"synthetic-{ndim}d")
+    ctx = RunContext(proto, labeled=None, unlabeled=None, n_classes=n_classes, in_channels=1, seed=0, run_dir=run_dir)
+    ctx.stage = StageState("train", proto.train, total)
+    torch.manual_seed(0)
+    method = cls(ctx, **{**cls.defaults, **args})
+    method.setup()
+    return method
+
+
+def synthetic_batch(ndim: int, n_l: int = 2, n_u: int = 2, size: int = 32, seed: int = 0, n_classes: int = 3):
+    """A fixed batch of synthetic blob images with their labels (labeled part first)."""
+    import torch
+
+    from fmssl_bench.api import Batch
+
+    shape = (size,) * ndim
+    images, labels = [], []
+    for k in range(n_l + n_u):
+        image, label = synthetic_case(shape, seed=seed, index=k)
+        images.append(torch.from_numpy(np.ascontiguousarray(image)).float())
+        labels.append(torch.from_numpy(np.minimum(label, n_classes - 1).astype(np.int64)))
+    images_t = torch.stack(images)
+    return Batch(images_t[:n_l], torch.stack(labels[:n_l]), images_t[n_l:] if n_u else None,
+                 [f"l{k}" for k in range(n_l)], [f"u{k}" for k in range(n_u)])
+
+
+def losses_after_steps(method, batch, steps: int = 8, lr: float = 0.01) -> list[float]:
+    """The loss of ``steps`` SGD steps on one fixed batch (``method.trainable()``), after_step hooks run."""
+    import torch
+
+    params = method.trainable()
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    out = []
+    for it in range(steps):
+        opt.zero_grad()
+        step = method.training_step(batch, it)
+        step.loss.backward()
+        opt.step()
+        method.after_step(it)
+        out.append(float(step.loss.detach()))
+    return out

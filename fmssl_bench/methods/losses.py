@@ -52,3 +52,24 @@ def soft_target_ce_dice(logits: torch.Tensor, target_probs: torch.Tensor, weight
     denom = (p.pow(2)).flatten(2).sum(-1).sum(0) + (t.pow(2)).flatten(2).sum(-1).sum(0)
     dice = 1 - ((2 * inter + 1e-5) / (denom + 1e-5)).mean()
     return 0.5 * (ce + dice)
+
+
+def binary_dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``1 - (2 sum(p t) + eps) / (sum p + sum t + eps)`` over the whole tensors, sums not squared.
+
+    SS-Net's ``Binary_dice_loss`` (ycwu1997/SS-Net ``utils/losses.py``): its 3D supervised loss on
+    the foreground probability and its 3D VAT distance between two softmax maps.
+    """
+    target = target.to(probs.dtype)
+    return 1 - (2 * (probs * target).sum() + eps) / (probs.sum() + target.sum() + eps)
+
+
+def soft_dice_between(probs: torch.Tensor, target_probs: torch.Tensor, smooth: float = 1e-10) -> torch.Tensor:
+    """Mean over all classes (background included) of ``1 - Dice`` between two probability maps.
+
+    Squared denominators, sums over batch and space: SS-Net's ``softDiceLoss`` (its 2D VAT distance).
+    """
+    p = probs.movedim(1, 0).flatten(1)
+    t = target_probs.movedim(1, 0).flatten(1)
+    dice = (2 * (p * t).sum(1) + smooth) / (p.pow(2).sum(1) + t.pow(2).sum(1) + smooth)
+    return (1 - dice).mean()

@@ -10,9 +10,10 @@ rampup_epochs). Supervised loss 0.5 * (CE + Dice).
 
 from __future__ import annotations
 
-import torch
-
+import dataclasses
 from typing import Literal
+
+import torch
 
 from ..api import Arg, Method, StepOutput
 from .ema import ema_update, make_teacher
@@ -21,14 +22,50 @@ from .ramps import sigmoid_rampup
 from .registry import register_method
 
 
-class TeacherStudent(Method):
-    """Shared by Mean-Teacher-family methods: a student, an EMA teacher and the ramped weight."""
+class RampedConsistency(Method):
+    """Methods whose unsupervised term is weighted by UA-MT's sigmoid ramp-up over "epochs".
+
+    ``w(t) = consistency * exp(-5 (1 - t/R)^2)``, ``t = iteration // iters_per_epoch``;
+    ``iters_per_epoch: auto`` = the stage's real length / R, so the ramp spans the run as it does
+    in the reference scripts (UA-MT: 40 x 150 = 6000). A subclass with other reference defaults
+    declares ``arguments = ramp_arguments(c, R, "source")`` (plus its own).
+    """
 
     arguments = {
         "consistency": Arg(0.1, float, "weight of the consistency loss once ramped up (UA-MT 0.1)", ge=0),
         "rampup_epochs": Arg(40.0, float, "length of the sigmoid ramp-up in 'epochs' (UA-MT 40)", gt=0),
         "iters_per_epoch": Arg("auto", Literal["auto"] | float,
                                "iterations per ramp 'epoch'; auto = stage length / rampup_epochs (UA-MT 150)", gt=0),
+    }
+
+    def epoch(self, iteration: int) -> int:
+        per = self.args["iters_per_epoch"]
+        if per == "auto":
+            per = max(1.0, self.ctx.stage.total / self.args["rampup_epochs"])
+        return int(iteration // float(per))
+
+    def consistency_weight(self, iteration: int) -> float:
+        return self.args["consistency"] * sigmoid_rampup(self.epoch(iteration), self.args["rampup_epochs"])
+
+
+def ramp_arguments(consistency: float, rampup_epochs: float, source: str) -> dict[str, Arg]:
+    """:class:`RampedConsistency`'s ramp arguments with another reference's defaults, named in the help."""
+    base = RampedConsistency.arguments
+    return {
+        "consistency": dataclasses.replace(base["consistency"], default=consistency,
+                                           help=f"weight of the consistency loss once ramped up ({source} {consistency:g})"),
+        "rampup_epochs": dataclasses.replace(base["rampup_epochs"], default=rampup_epochs,
+                                             help=f"length of the sigmoid ramp-up in 'epochs' ({source} {rampup_epochs:g})"),
+        "iters_per_epoch": dataclasses.replace(base["iters_per_epoch"],
+                                               help=f"iterations per ramp 'epoch'; auto = stage length / rampup_epochs ({source} 150)"),
+    }
+
+
+class TeacherStudent(RampedConsistency):
+    """Shared by Mean-Teacher-family methods: a student, an EMA teacher and the ramped weight."""
+
+    arguments = {
+        **RampedConsistency.arguments,
         "ema_decay": Arg(0.99, float, "teacher EMA decay (alpha = min(1 - 1/(step+1), ema_decay))", ge=0, lt=1),
         "noise": Arg(0.1, float, "std of the Gaussian noise on the teacher's input", ge=0),
         "noise_clip": Arg(0.2, float, "the teacher's input noise is clipped to +-noise_clip", ge=0),
@@ -43,15 +80,6 @@ class TeacherStudent(Method):
 
     def after_step(self, iteration: int) -> None:
         ema_update(self.teacher, self.student, self.args["ema_decay"], iteration)
-
-    def epoch(self, iteration: int) -> int:
-        per = self.args["iters_per_epoch"]
-        if per == "auto":
-            per = max(1.0, self.ctx.stage.total / self.args["rampup_epochs"])
-        return int(iteration // float(per))
-
-    def consistency_weight(self, iteration: int) -> float:
-        return self.args["consistency"] * sigmoid_rampup(self.epoch(iteration), self.args["rampup_epochs"])
 
     def noisy(self, images: torch.Tensor) -> torch.Tensor:
         noise = torch.clamp(torch.randn_like(images) * self.args["noise"], -self.args["noise_clip"], self.args["noise_clip"])

@@ -55,3 +55,23 @@ def mc_dropout_probs(net: nn.Module, images: torch.Tensor, passes: int = 8,
         return total / passes
     finally:
         net.train(was_training)
+
+
+def pyramid_rectified_consistency(probs: list[torch.Tensor], eps: float = 1e-8) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """URPC's uncertainty-rectified pyramid consistency of per-level softmax maps ``(B, K, ...)``.
+
+    SSL4MIS ``train_uncertainty_rectified_pyramid_consistency_3D.py``: the mean prediction
+    ``p_bar`` of all levels; per level the uncertainty ``v = sum_k p_bar log(p_bar / p)`` (the KL
+    divergence of the level from the mean, ``KLDivLoss(log p, p_bar)`` summed over classes), the
+    weight ``w = exp(-v)`` and the loss ``mean(w (p_bar - p)^2) / (mean(w) + eps) + mean(v)``;
+    the result is the mean over levels. Gradients flow through ``p_bar`` too, as in SSL4MIS.
+    Returns the loss and the per-level weights ``w`` ``(B, 1, ...)``.
+    """
+    mean = torch.stack(probs).mean(0)
+    total, weights = 0.0, []
+    for p in probs:
+        variance = torch.nn.functional.kl_div(torch.log(p.clamp_min(1e-30)), mean, reduction="none").sum(1, keepdim=True)
+        weight = torch.exp(-variance)
+        total = total + (weight * (mean - p) ** 2).mean() / (weight.mean() + eps) + variance.mean()
+        weights.append(weight)
+    return total / len(probs), weights

@@ -75,8 +75,9 @@ class RunContext:
                 for (name, _), fm in self.generalists.items()}
 
     # -- networks and stages ------------------------------------------------------------------
-    def build_net(self) -> nn.Module:
-        return build_net(self.protocol.net, self.in_channels, self.n_classes, self.protocol.ndim).to(self.device)
+    def build_net(self, **options: Any) -> nn.Module:
+        """The protocol's network; ``options`` (e.g. ``heads=("sdf",)``) go to :func:`~fmssl_bench.methods.nets.build_net`."""
+        return build_net(self.protocol.net, self.in_channels, self.n_classes, self.protocol.ndim, **options).to(self.device)
 
     def stage_config(self, stage: str) -> TrainConfig:
         return self.protocol.stage_config(stage)
