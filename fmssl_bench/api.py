@@ -286,6 +286,9 @@ class Method:
     and ``--method-arg``, shown by ``fmssl-bench list methods --args``."""
     defaults: ClassVar[dict[str, Any]] = {}
     """Derived from ``arguments`` (name -> default value); declare ``arguments``, not this."""
+    dims: ClassVar[tuple[int, ...]] = (2, 3)
+    """Spatial dimensionalities the method is defined for; the runner refuses a protocol of another
+    one with a clear error before anything is written (MagicNet's magic cubes are 3D only)."""
     uses_unlabeled: ClassVar[bool] = True
     """False: batches carry labeled cases only (batch size = the stage's ``labeled_bs``)."""
     deviations: ClassVar[list[str]] = []

@@ -63,3 +63,18 @@ def results(tmp_path: Path, monkeypatch) -> Path:
     out = tmp_path / "runs"
     monkeypatch.setenv("FMSSL_RESULTS", str(out))
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module of tiny networks (``pytestmark = usefixtures``).
+
+    Two threads per forward on a shared 2-core machine oversubscribe it (about 10x slower under
+    load, measured on the method tests); restored afterwards.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,6 +26,9 @@ from fmssl_bench.methods.urpc import URPC
 from helpers import losses_after_steps, synthetic_batch, tiny_method
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def _net(ndim: int, **options):
     proto = load_protocol(f"synthetic-{ndim}d")
     torch.manual_seed(0)

@@ -117,6 +117,7 @@ class MagicNet(TeacherStudent):
     name = "magicnet"
     description = "MagicNet (Chen et al., CVPR 2023): magic-cube partition/recovery, cube location reasoning, blended pseudo-labels"
     paper_names = (("MagicNet", ""),)
+    dims = (3,)
     arguments = {
         **TeacherStudent.arguments,
         "consistency": dataclasses.replace(TeacherStudent.arguments["consistency"],
