@@ -25,7 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:  # pragma: no cover - types only
+    from .benchmark.protocol import Protocol as BenchmarkProtocol
     from .benchmark.training.augment import Transform
     from .benchmark.training.context import RunContext
 
@@ -324,6 +327,20 @@ class Method:
         Their weights' sha256 enters the run identity, so other weights make another record.
         """
         return []
+
+    @classmethod
+    def check(cls, args: dict[str, Any], protocol: "BenchmarkProtocol") -> None:
+        """Refuse an ``args`` x ``protocol`` combination the method cannot run, before anything is written.
+
+        The runner calls it once the arguments are resolved and before the record begins, so a
+        misfit (a batch layout, a dimensionality, an option not implemented) is a ``ConfigError``
+        or ``NotImplementedError`` naming the flag or protocol field, never a half-written record.
+        Subclasses extend it (``super().check(args, protocol)``) with what they need of
+        ``protocol.stage_config(stage)``; the base refuses dimensionalities outside ``dims``.
+        """
+        if protocol.ndim not in cls.dims:
+            raise ConfigError(f"--method {cls.name} is defined for {'/'.join(f'{d}D' for d in cls.dims)} data only; "
+                              f"protocol {protocol.name} is {protocol.ndim}D")
 
     # -- hooks a method implements ------------------------------------------------------------
     def setup(self) -> None:

@@ -108,6 +108,7 @@ def tiny_method(cls, ndim: int, run_dir: Path, *, total: int = 40, n_classes: in
     ctx = RunContext(proto, labeled=None, unlabeled=None, n_classes=n_classes, in_channels=1, seed=0, run_dir=run_dir)
     ctx.stage = StageState("train", proto.train, total)
     torch.manual_seed(0)
+    cls.check({**cls.defaults, **args}, proto)  # as the runner does before a record begins
     method = cls(ctx, **{**cls.defaults, **args})
     method.setup()
     return method

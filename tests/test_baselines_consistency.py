@@ -22,7 +22,8 @@ from fmssl_bench.methods.self_training import SelfTraining
 from fmssl_bench.methods.thresholds import (certain_mask, confident_pseudo_labels, masked_cross_entropy,
                                             negative_learning_loss, uncertainty_threshold, ups_selection)
 from fmssl_bench.methods.ua_mt import UAMT, masked_consistency
-from fmssl_bench.methods.ups import UPS, mc_dropout_moments
+from fmssl_bench.methods.ups import UPS
+from fmssl_bench.methods.uncertainty import mc_dropout_moments
 from helpers import losses_after_steps, synthetic_batch, tiny_method
 
 LN2 = math.log(2)

@@ -142,7 +142,7 @@ def test_magicnet_partition_and_cubes_are_exact_inverses():
 
 
 def test_magicnet_is_3d_only_with_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="3D only"):
+    with pytest.raises(ConfigError, match="defined for 3D data only"):
         tiny_method(MagicNet, 2, tmp_path)
 
 

@@ -57,3 +57,23 @@ def test_method_completes_a_synthetic_run_or_refuses_its_dimensionality(name, nd
     (summary_path,) = out.rglob("summary.json")
     summary = json.loads(summary_path.read_text())
     assert summary["method"] == name and summary["n_test"] > 0
+
+
+@pytest.mark.parametrize("name, protocol_overrides, method_args, expected", [
+    ("bcp", {"train": {"labeled_bs": 3, "batch_size": 6}}, [], "labeled_bs 3"),
+    ("bcp", {"train": {"labeled_bs": 2, "batch_size": 6}}, [], "train.batch_size 6"),
+    ("ict", {"train": {"labeled_bs": 2, "batch_size": 3}}, [], "batch_size - labeled_bs >= 2"),
+    ("self_training", {"train": {"labeled_bs": 2, "batch_size": 2}}, [], "batch_size > labeled_bs"),
+    ("acmt", {}, ["strategy=self_error"], "cleanlab"),
+], ids=["bcp-odd-labeled", "bcp-batch", "ict-pairs", "self-training-no-unlabeled", "acmt-self-error"])
+def test_a_misfit_of_method_and_protocol_is_refused_before_anything_is_written(
+        name, protocol_overrides, method_args, expected, make_protocol, tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["--method", name, "--dataset", "synthetic-2d", "--labeled", "4", "--no-progress", "--out", str(out),
+            "--protocol", make_protocol("synthetic-2d", **protocol_overrides)]
+    for arg in method_args:
+        argv += ["--method-arg", arg]
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and expected in err, err
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*")), "a refused run wrote files"

@@ -155,10 +155,8 @@ def prepare(spec: RunSpec) -> Prepared:
     protocol = load_protocol(spec.protocol or cls.default_protocol)
     if protocol.ndim != cls.ndim:
         raise ConfigError(f"--protocol {protocol.name}: a {protocol.ndim}D protocol; dataset {spec.dataset!r} is {cls.ndim}D")
-    if protocol.ndim not in method_cls.dims:
-        raise ConfigError(f"--method {spec.method} is defined for {'/'.join(f'{d}D' for d in method_cls.dims)} data only; "
-                          f"dataset {spec.dataset!r} (protocol {protocol.name}) is {protocol.ndim}D")
     args = resolve_method_args(method_cls, protocol.method_args.get(spec.method, {}), spec.method_args, protocol.source)
+    method_cls.check(args, protocol)
     generalists = generalist_weights(method_cls.generalists_used(args))
     budget = parse_budget(spec.labeled)
     adapter = build_dataset(spec.dataset, resolve_data_root(spec.dataset, spec.data_root), **spec.dataset_options)

@@ -50,10 +50,10 @@ import torch
 import torch.nn.functional as F
 
 from ..api import Arg, StepOutput
+from .losses import ce_dice_all_classes
 from .mean_teacher import TeacherStudent
 from .ramps import sigmoid_rampup
 from .registry import register_method
-from .urpc import ce_dice_all_classes
 from .uncertainty import entropy_map, gaussian_input_noise, mc_dropout_probs
 
 STRATEGIES = ("entropy", "mc_dropout", "prototype", "self_error")
@@ -135,12 +135,16 @@ class ACMT(TeacherStudent):
         "last iterate evaluated (AC-MT keeps the best on its validation/test list)",
     ]
 
-    def setup(self) -> None:
-        if self.args["strategy"] == "self_error":
+    @classmethod
+    def check(cls, args, protocol) -> None:
+        super().check(args, protocol)
+        if args["strategy"] == "self_error":
             raise NotImplementedError(
-                "acmt strategy 'self_error' (AC-MT S-Err.) needs cleanlab's Confident Learning "
+                "--method-arg strategy=self_error: acmt's S-Err. strategy needs cleanlab's Confident Learning "
                 "(find_label_issues) on every batch, which the harness does not depend on; use "
                 "--method-arg strategy=entropy, mc_dropout or prototype")
+
+    def setup(self) -> None:
         end = self.args["threshold_end"]
         self.threshold_end = {"entropy": 0.95, "mc_dropout": 0.90}.get(self.args["strategy"], 0.0) if end == "auto" else end
         super().setup()

@@ -201,18 +201,22 @@ class BCP(Method):
         "multi-class pseudo-labels: argmax then per-class largest component (BCP LA: foreground p >= 0.5, binary)",
     ]
 
-    def setup(self) -> None:
+    @classmethod
+    def check(cls, args, protocol) -> None:
+        super().check(args, protocol)
+        source = protocol.source or protocol.name
         for stage in ("pretrain", "train"):
-            cfg = self.ctx.stage_config(stage)
-            where = f"stages.{stage}" if "labeled_bs" in self.ctx.protocol.stages.get(stage, {}) else "train"
+            cfg = protocol.stage_config(stage)
+            where = f"stages.{stage}" if "labeled_bs" in protocol.stages.get(stage, {}) else "train"
             if cfg.labeled_bs < 2 or cfg.labeled_bs % 2:
-                raise ConfigError(f"{self.ctx.protocol.source or self.ctx.protocol.name}: {where}.labeled_bs "
-                                  f"{cfg.labeled_bs}: bcp splits the labeled batch in halves; expected an even number >= 2")
-        train = self.ctx.stage_config("train")
+                raise ConfigError(f"{source}: {where}.labeled_bs {cfg.labeled_bs}: bcp splits the labeled batch "
+                                  "in halves; expected an even number >= 2")
+        train = protocol.stage_config("train")
         if train.batch_size != 2 * train.labeled_bs:
-            raise ConfigError(f"{self.ctx.protocol.source or self.ctx.protocol.name}: train.batch_size {train.batch_size}: "
-                              f"bcp pastes labeled and unlabeled halves into each other; expected 2 x labeled_bs "
-                              f"({2 * train.labeled_bs})")
+            raise ConfigError(f"{source}: train.batch_size {train.batch_size}: bcp pastes labeled and unlabeled "
+                              f"halves into each other; expected 2 x labeled_bs ({2 * train.labeled_bs})")
+
+    def setup(self) -> None:
         self.student = self.ctx.build_net()
         self.teacher = make_teacher(self.student)
         self.dice_style = "la" if self.ctx.protocol.ndim == 3 else "acdc"

@@ -24,11 +24,11 @@ from __future__ import annotations
 import torch
 
 from ..api import Arg, StepOutput
+from .losses import ce_dice_all_classes
 from .mean_teacher import RampedConsistency, ramp_arguments
 from .nets import AUX_PERTURBATIONS
 from .perturbations import PERTURBATIONS
 from .registry import register_method
-from .urpc import ce_dice_all_classes
 
 
 @register_method

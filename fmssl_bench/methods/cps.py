@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..api import StepOutput
+from .losses import ce_dice_all_classes
 from .mean_teacher import RampedConsistency, ramp_arguments
 from .registry import register_method
-from .urpc import ce_dice_all_classes
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

@@ -27,10 +27,10 @@ from typing import Literal
 import torch
 
 from ..api import Arg, StepOutput
+from .losses import ce_dice_all_classes
 from .mean_teacher import RampedConsistency, ramp_arguments
 from .registry import register_method
 from .uncertainty import entropy_map
-from .urpc import ce_dice_all_classes
 
 
 def mean_entropy(probs: torch.Tensor) -> torch.Tensor:

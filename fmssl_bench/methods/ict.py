@@ -34,9 +34,9 @@ import torch
 
 from ..api import Arg, StepOutput
 from ..errors import ConfigError
+from .losses import ce_dice_all_classes
 from .mean_teacher import TeacherStudent, ramp_arguments
 from .registry import register_method
-from .urpc import ce_dice_all_classes
 
 
 def mix_factors(seed: int, iteration: int, n_pairs: int, alpha: float) -> np.ndarray:
@@ -66,6 +66,15 @@ class ICT(TeacherStudent):
     deviations = [
         "an odd unlabeled image per batch is left out of the pairs (SSL4MIS batches are even)",
     ]
+
+    @classmethod
+    def check(cls, args, protocol) -> None:
+        super().check(args, protocol)
+        train = protocol.stage_config("train")
+        if train.batch_size - train.labeled_bs < 2:
+            raise ConfigError(f"{protocol.source or protocol.name}: train.batch_size {train.batch_size}, labeled_bs "
+                              f"{train.labeled_bs}: {cls.name} mixes pairs of unlabeled images; expected "
+                              "batch_size - labeled_bs >= 2")
 
     def training_step(self, batch, iteration: int) -> StepOutput:
         n_u = 0 if batch.image_u is None else batch.image_u.shape[0]

@@ -73,3 +73,9 @@ def soft_dice_between(probs: torch.Tensor, target_probs: torch.Tensor, smooth: f
     t = target_probs.movedim(1, 0).flatten(1)
     dice = (2 * (p * t).sum(1) + smooth) / (p.pow(2).sum(1) + t.pow(2).sum(1) + smooth)
     return (1 - dice).mean()
+
+
+def ce_dice_all_classes(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """0.5 * (CE + Dice over all classes): SSL4MIS' ``(ce_loss + dice_loss) / 2`` per output."""
+    return 0.5 * (F.cross_entropy(logits, target.long())
+                  + soft_dice_loss(torch.softmax(logits, 1), target, include_background=True))

@@ -138,13 +138,14 @@ class MagicNet(TeacherStudent):
         "within-image logits of the unlabeled images reused (detached) for the blending instead of a second decoder pass",
     ]
 
-    def setup(self) -> None:
-        protocol = self.ctx.protocol
-        if protocol.ndim != 3:
-            raise ConfigError(f"method 'magicnet' is 3D only (magic-cube partition of volumes); protocol "
-                              f"{protocol.name!r} is {protocol.ndim}D")
+    @classmethod
+    def check(cls, args, protocol) -> None:
+        super().check(args, protocol)  # 3D only: the magic-cube partition of volumes
         if protocol.net.name != "vnet":
-            raise ConfigError(f"method 'magicnet' needs net.name 'vnet'; protocol {protocol.name!r} has {protocol.net.name!r}")
+            raise ConfigError(f"{protocol.source or protocol.name}: net.name {protocol.net.name!r}: method 'magicnet' "
+                              "needs 'vnet'")
+
+    def setup(self) -> None:
         cube = self.args["cube_size"]
         super().setup()
         if cube % self.student.size_divisor:

@@ -9,7 +9,7 @@ pseudo-label methods reuse the same two pieces.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -30,31 +30,59 @@ def gaussian_input_noise(images: torch.Tensor, std: float = 0.1, clip: float = 0
     return images + torch.clamp(torch.randn_like(images) * std, -clip, clip)
 
 
-@torch.no_grad()
-def mc_dropout_probs(net: nn.Module, images: torch.Tensor, passes: int = 8,
-                     perturb: Callable[[torch.Tensor], torch.Tensor] = gaussian_input_noise,
-                     chunk: int = 2) -> torch.Tensor:
-    """Mean softmax of ``passes`` stochastic forward passes (dropout on, perturbed input).
+def _mc_dropout_passes(net: nn.Module, images: torch.Tensor, passes: int,
+                       perturb: Callable[[torch.Tensor], torch.Tensor], chunk: int) -> Iterator[torch.Tensor]:
+    """Logits of ``passes`` stochastic forward passes, ``chunk`` at a time, shape ``(k, B, C, ...)``.
 
     The network is put in train mode for the passes (dropout active, as UA-MT's teacher, which
-    is never switched to eval) and restored to its previous mode afterwards. UA-MT stacks the T
-    copies in batches of 2 x batch; ``chunk`` passes are run per forward to bound memory the
-    same way.
+    is never switched to eval) and restored to its previous mode afterwards, also when the caller
+    stops early. UA-MT stacks the T copies in batches of 2 x batch; ``chunk`` passes share one
+    forward to bound memory the same way.
     """
     was_training = net.training
     net.train()
     try:
-        total = None
         done = 0
         while done < passes:
             k = min(chunk, passes - done)
-            stacked = torch.cat([perturb(images) for _ in range(k)])
-            probs = torch.softmax(net(stacked), 1).reshape(k, *images.shape[:1], -1, *images.shape[2:])
-            total = probs.sum(0) if total is None else total + probs.sum(0)
+            logits = net(torch.cat([perturb(images) for _ in range(k)]))
+            yield logits.reshape(k, images.shape[0], *logits.shape[1:])
             done += k
-        return total / passes
     finally:
         net.train(was_training)
+
+
+@torch.no_grad()
+def mc_dropout_probs(net: nn.Module, images: torch.Tensor, passes: int = 8,
+                     perturb: Callable[[torch.Tensor], torch.Tensor] = gaussian_input_noise,
+                     chunk: int = 2) -> torch.Tensor:
+    """Mean softmax of ``passes`` stochastic forward passes (dropout on, perturbed input)."""
+    total = sum(torch.softmax(logits, 2).sum(0) for logits in _mc_dropout_passes(net, images, passes, perturb, chunk))
+    return total / passes
+
+
+@torch.no_grad()
+def mc_dropout_moments(net: nn.Module, images: torch.Tensor, passes: int = 10,
+                       temperatures: Sequence[float] = (1.0,),
+                       perturb: Callable[[torch.Tensor], torch.Tensor] = gaussian_input_noise,
+                       chunk: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per temperature, ``(mean, std)`` over ``passes`` stochastic passes of ``softmax(logits / T)``.
+
+    UPS needs the spread of the passes, not only their mean (:func:`mc_dropout_probs`), and of
+    two temperatures of the same passes. The std is ``torch.std``'s (unbiased), as UPS'. All
+    passes' probabilities are kept (``passes`` x the batch's softmax size) so the std is exact.
+    """
+    if passes < 2:
+        raise ValueError(f"the spread of MC-dropout passes needs at least 2 passes, got {passes}")
+    per_temperature: list[list[torch.Tensor]] = [[] for _ in temperatures]
+    for logits in _mc_dropout_passes(net, images, passes, perturb, chunk):
+        for store, t in zip(per_temperature, temperatures):
+            store.append(torch.softmax(logits / t, 2))
+    out = []
+    for store in per_temperature:
+        std, mean = torch.std_mean(torch.cat(store), dim=0)
+        out.append((mean, std))
+    return out
 
 
 def pyramid_rectified_consistency(probs: list[torch.Tensor], eps: float = 1e-8) -> tuple[torch.Tensor, list[torch.Tensor]]:

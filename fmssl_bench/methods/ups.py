@@ -37,11 +37,6 @@ Deviations (also in ``deviations``):
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
-import torch
-from torch import nn
-
 from ..api import Arg, StepOutput
 from ..errors import ConfigError
 from .losses import supervised_loss
@@ -49,43 +44,7 @@ from .mean_teacher import TeacherStudent
 from .registry import register_method
 from .self_training import pl_ramp_arguments
 from .thresholds import masked_cross_entropy, negative_learning_loss, ups_selection
-from .uncertainty import gaussian_input_noise
-
-
-@torch.no_grad()
-def mc_dropout_moments(net: nn.Module, images: torch.Tensor, passes: int = 10,
-                       temperatures: Sequence[float] = (1.0,),
-                       perturb: Callable[[torch.Tensor], torch.Tensor] = gaussian_input_noise,
-                       chunk: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per temperature, ``(mean, std)`` over ``passes`` stochastic passes of ``softmax(logits / T)``.
-
-    UPS needs the spread of the passes, not only their mean
-    (:func:`~.uncertainty.mc_dropout_probs`), and of two temperatures of the same passes. The std
-    is ``torch.std``'s (unbiased), as UPS'. The passes run in train mode (dropout active) and the
-    mode is restored; ``chunk`` passes share one forward, as in ``mc_dropout_probs``. All
-    passes' probabilities are kept (``passes`` x the batch's softmax size) so the std is exact.
-    """
-    if passes < 2:
-        raise ValueError(f"the spread of MC-dropout passes needs at least 2 passes, got {passes}")
-    was_training = net.training
-    net.train()
-    try:
-        per_temperature: list[list[torch.Tensor]] = [[] for _ in temperatures]
-        done = 0
-        while done < passes:
-            k = min(chunk, passes - done)
-            logits = net(torch.cat([perturb(images) for _ in range(k)]))
-            logits = logits.reshape(k, images.shape[0], *logits.shape[1:])
-            for store, t in zip(per_temperature, temperatures):
-                store.append(torch.softmax(logits / t, 2))
-            done += k
-        out = []
-        for store in per_temperature:
-            std, mean = torch.std_mean(torch.cat(store), dim=0)
-            out.append((mean, std))
-        return out
-    finally:
-        net.train(was_training)
+from .uncertainty import mc_dropout_moments
 
 
 @register_method

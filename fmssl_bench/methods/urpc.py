@@ -26,19 +26,12 @@ the protocol's (SSL4MIS 3D: SGD lr 0.1, poly 0.9).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..api import StepOutput
-from .losses import soft_dice_loss
+from .losses import ce_dice_all_classes
 from .mean_teacher import RampedConsistency, ramp_arguments
 from .registry import register_method
 from .uncertainty import pyramid_rectified_consistency
-
-
-def ce_dice_all_classes(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """0.5 * (CE + Dice over all classes): SSL4MIS' ``(ce_loss + dice_loss) / 2`` per output."""
-    return 0.5 * (F.cross_entropy(logits, target.long())
-                  + soft_dice_loss(torch.softmax(logits, 1), target, include_background=True))
 
 
 @register_method
