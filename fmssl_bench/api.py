@@ -294,6 +294,10 @@ class Method:
     one with a clear error before anything is written (MagicNet's magic cubes are 3D only)."""
     uses_unlabeled: ClassVar[bool] = True
     """False: batches carry labeled cases only (batch size = the stage's ``labeled_bs``)."""
+    min_unlabeled: ClassVar[int] = 0
+    """Unlabeled images every training batch must carry (``batch_size - labeled_bs``): 1 for a
+    method whose loss is defined on them, 2 for ICT's pairs. :meth:`check` refuses a protocol with
+    fewer before a record begins; :meth:`unlabeled_images` guards a step called directly."""
     deviations: ClassVar[list[str]] = []
     """How this implementation departs from the paper; recorded in every run's provenance."""
     paper_names: ClassVar[tuple[tuple[str, str], ...]] = ()
@@ -341,6 +345,25 @@ class Method:
         if protocol.ndim not in cls.dims:
             raise ConfigError(f"--method {cls.name} is defined for {'/'.join(f'{d}D' for d in cls.dims)} data only; "
                               f"protocol {protocol.name} is {protocol.ndim}D")
+        if cls.uses_unlabeled and cls.min_unlabeled:
+            train = protocol.stage_config("train")
+            if train.batch_size - train.labeled_bs < cls.min_unlabeled:
+                raise ConfigError(f"{protocol.where}: train.batch_size {train.batch_size}, labeled_bs {train.labeled_bs}: "
+                                  f"{cls.name} needs {cls.min_unlabeled} unlabeled image(s) per batch; expected "
+                                  f"{cls._unlabeled_rule()}")
+
+    @classmethod
+    def _unlabeled_rule(cls) -> str:
+        return ("batch_size > labeled_bs" if cls.min_unlabeled == 1
+                else f"batch_size - labeled_bs >= {cls.min_unlabeled}")
+
+    def unlabeled_images(self, batch: Batch) -> torch.Tensor:
+        """``batch.image_u``, refused with a clear error when it holds fewer than ``min_unlabeled``."""
+        n_u = 0 if batch.image_u is None else batch.image_u.shape[0]
+        if n_u < max(1, self.min_unlabeled):
+            raise ConfigError(f"method {self.name!r} needs {max(1, self.min_unlabeled)} unlabeled image(s) per batch "
+                              f"({self._unlabeled_rule()}), got {n_u}")
+        return batch.image_u
 
     # -- hooks a method implements ------------------------------------------------------------
     def setup(self) -> None:

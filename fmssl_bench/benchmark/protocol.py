@@ -98,6 +98,11 @@ class Protocol:
     """Per-stage overrides of ``train`` fields, by stage name."""
     source: str = ""
 
+    @property
+    def where(self) -> str:
+        """What an error names as the protocol: its file when it came from one, else its name."""
+        return self.source or self.name
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data.pop("source")

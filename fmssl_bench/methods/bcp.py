@@ -204,7 +204,7 @@ class BCP(Method):
     @classmethod
     def check(cls, args, protocol) -> None:
         super().check(args, protocol)
-        source = protocol.source or protocol.name
+        source = protocol.where
         for stage in ("pretrain", "train"):
             cfg = protocol.stage_config(stage)
             where = f"stages.{stage}" if "labeled_bs" in protocol.stages.get(stage, {}) else "train"

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from ..api import Arg, StepOutput
-from ..errors import ConfigError
 from .losses import ce_dice_all_classes
 from .mean_teacher import TeacherStudent, ramp_arguments
 from .registry import register_method
@@ -67,20 +66,10 @@ class ICT(TeacherStudent):
         "an odd unlabeled image per batch is left out of the pairs (SSL4MIS batches are even)",
     ]
 
-    @classmethod
-    def check(cls, args, protocol) -> None:
-        super().check(args, protocol)
-        train = protocol.stage_config("train")
-        if train.batch_size - train.labeled_bs < 2:
-            raise ConfigError(f"{protocol.source or protocol.name}: train.batch_size {train.batch_size}, labeled_bs "
-                              f"{train.labeled_bs}: {cls.name} mixes pairs of unlabeled images; expected "
-                              "batch_size - labeled_bs >= 2")
+    min_unlabeled = 2  # it mixes pairs of unlabeled images
 
     def training_step(self, batch, iteration: int) -> StepOutput:
-        n_u = 0 if batch.image_u is None else batch.image_u.shape[0]
-        if n_u < 2:
-            raise ConfigError(f"method {self.name!r} mixes pairs of unlabeled images: it needs at least 2 per batch "
-                              f"(batch_size - labeled_bs >= 2), got {n_u}")
+        n_u = self.unlabeled_images(batch).shape[0]
         n_l, pairs = batch.image_l.shape[0], n_u // 2
         u1, u2 = batch.image_u[:pairs], batch.image_u[pairs:2 * pairs]
         lam_np = mix_factors(self.ctx.seed, iteration, pairs, self.args["ict_alpha"])

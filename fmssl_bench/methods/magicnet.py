@@ -142,7 +142,7 @@ class MagicNet(TeacherStudent):
     def check(cls, args, protocol) -> None:
         super().check(args, protocol)  # 3D only: the magic-cube partition of volumes
         if protocol.net.name != "vnet":
-            raise ConfigError(f"{protocol.source or protocol.name}: net.name {protocol.net.name!r}: method 'magicnet' "
+            raise ConfigError(f"{protocol.where}: net.name {protocol.net.name!r}: method 'magicnet' "
                               "needs 'vnet'")
 
     def setup(self) -> None:

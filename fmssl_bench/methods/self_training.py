@@ -33,7 +33,6 @@ import dataclasses
 import torch
 
 from ..api import Arg, StepOutput
-from ..errors import ConfigError
 from .losses import supervised_loss
 from .mean_teacher import TeacherStudent
 from .registry import register_method
@@ -67,18 +66,10 @@ class SelfTraining(TeacherStudent):
         "no strong augmentation of the student's view (FixMatch); the teacher sees the input noise of Mean Teacher",
     ]
 
-    @classmethod
-    def check(cls, args, protocol) -> None:
-        super().check(args, protocol)
-        train = protocol.stage_config("train")
-        if train.batch_size <= train.labeled_bs:
-            raise ConfigError(f"{protocol.source or protocol.name}: train.batch_size {train.batch_size}, labeled_bs "
-                              f"{train.labeled_bs}: {cls.name} needs unlabeled images in its batches; expected "
-                              "batch_size > labeled_bs")
+    min_unlabeled = 1
 
     def training_step(self, batch, iteration: int) -> StepOutput:
-        if batch.image_u is None:
-            raise ConfigError(f"method {self.name!r} needs unlabeled images in its batches (batch_size > labeled_bs)")
+        self.unlabeled_images(batch)
         n_l = batch.image_l.shape[0]
         logits = self.student(batch.images)
         loss_sup = supervised_loss(logits[:n_l], batch.label_l)

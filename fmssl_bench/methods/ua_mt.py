@@ -32,7 +32,6 @@ from __future__ import annotations
 import torch
 
 from ..api import Arg, StepOutput
-from ..errors import ConfigError
 from .losses import supervised_loss
 from .mean_teacher import TeacherStudent
 from .registry import register_method
@@ -60,14 +59,14 @@ class UAMT(TeacherStudent):
         "mc_passes": Arg(8, int, "stochastic teacher passes for the uncertainty (UA-MT T=8)", ge=2),
         "mc_chunk": Arg(2, int, "passes per teacher forward, bounds memory (UA-MT 2: the batch stacked twice)", ge=1),
     }
+    min_unlabeled = 1
     deviations = [
         "uncertainty threshold scaled by ln K (UA-MT: ln 2, binary; SSL4MIS keeps ln 2 for 4 classes); "
         "the consistency denominator keeps UA-MT's constant 2 for every K",
     ]
 
     def training_step(self, batch, iteration: int) -> StepOutput:
-        if batch.image_u is None:
-            raise ConfigError(f"method {self.name!r} needs unlabeled images in its batches (batch_size > labeled_bs)")
+        self.unlabeled_images(batch)
         n_l = batch.image_l.shape[0]
         logits = self.student(batch.images)
         loss_sup = supervised_loss(logits[:n_l], batch.label_l)

@@ -38,7 +38,6 @@ Deviations (also in ``deviations``):
 from __future__ import annotations
 
 from ..api import Arg, StepOutput
-from ..errors import ConfigError
 from .losses import supervised_loss
 from .mean_teacher import TeacherStudent
 from .registry import register_method
@@ -65,6 +64,7 @@ class UPS(TeacherStudent):
         "mc_passes": Arg(10, int, "stochastic pseudo-labeller passes (UPS f_pass 10)", ge=2),
         "mc_chunk": Arg(2, int, "passes per teacher forward, bounds memory", ge=1),
     }
+    min_unlabeled = 1
     deviations = [
         "single online stage: EMA-teacher pseudo-labels selected per batch, not UPS' rounds of pseudo-labelling "
         "and retraining from scratch",
@@ -75,8 +75,7 @@ class UPS(TeacherStudent):
     ]
 
     def training_step(self, batch, iteration: int) -> StepOutput:
-        if batch.image_u is None:
-            raise ConfigError(f"method {self.name!r} needs unlabeled images in its batches (batch_size > labeled_bs)")
+        self.unlabeled_images(batch)
         n_l = batch.image_l.shape[0]
         logits = self.student(batch.images)
         loss_sup = supervised_loss(logits[:n_l], batch.label_l)
