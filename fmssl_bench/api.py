@@ -373,6 +373,34 @@ class Method:
     def training_step(self, batch: Batch, iteration: int) -> StepOutput:
         raise NotImplementedError(f"method {self.name!r} does not implement training_step")
 
+    def student_step(self, batch: Batch, iteration: int) -> tuple[torch.Tensor, StepOutput]:
+        """The step's loss *and* the student's logits of ``batch.images`` (labeled part first).
+
+        The hook through which a wrapper adds supervision to a method without copying it: SFR
+        re-trains a base method with its own loss plus a pseudo-label term on these logits.
+        Methods that can be such a base implement it and define ``training_step`` as
+        ``self.student_step(batch, iteration)[1]``.
+        """
+        raise NotImplementedError(f"method {self.name!r} does not expose its student's logits (Method.student_step), "
+                                  "so it cannot be re-trained with extra pseudo-label supervision")
+
+    @classmethod
+    def exposes_student_logits(cls) -> bool:
+        """Whether :meth:`student_step` is implemented (the method can be a base of SFR)."""
+        return cls.student_step is not Method.student_step
+
+    @classmethod
+    def components(cls, args: dict[str, Any]) -> tuple[str, ...]:
+        """Registered methods this one runs inside itself (SFR: its base); their resolved arguments
+        (``registry.component_args``) enter the run identity beside this method's."""
+        return ()
+
+    @classmethod
+    def stages_used(cls, args: dict[str, Any]) -> tuple[str, ...]:
+        """Names of the loop stages the method trains with ``args``: their ``stages:`` sections of
+        the protocol enter its run identity, other stages' sections do not."""
+        return ("train",)
+
     def after_step(self, iteration: int) -> None:
         """Called after each optimiser step (e.g. the EMA update)."""
 

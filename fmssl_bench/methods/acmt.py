@@ -199,6 +199,9 @@ class ACMT(TeacherStudent):
         return selective_consistency(dist, noisy, per_class=True) + (entropy * clean).mean(), noisy
 
     def training_step(self, batch, iteration: int) -> StepOutput:
+        return self.student_step(batch, iteration)[1]
+
+    def student_step(self, batch, iteration: int) -> tuple[torch.Tensor, StepOutput]:
         n_l = batch.image_l.shape[0]
         logits = self.student(batch.images)
         loss_sup = ce_dice_all_classes(logits[:n_l], batch.label_l)
@@ -218,4 +221,4 @@ class ACMT(TeacherStudent):
                 "ambiguous": float(mask.mean())}
         if strategy != "prototype":
             logs["threshold"] = self.threshold(iteration)
-        return StepOutput(loss_sup + weight * loss_cons, logs)
+        return logits, StepOutput(loss_sup + weight * loss_cons, logs)

@@ -202,6 +202,10 @@ class BCP(Method):
     ]
 
     @classmethod
+    def stages_used(cls, args) -> tuple[str, ...]:
+        return ("pretrain", "train")
+
+    @classmethod
     def check(cls, args, protocol) -> None:
         super().check(args, protocol)
         source = protocol.where

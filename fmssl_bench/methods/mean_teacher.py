@@ -108,3 +108,6 @@ class MeanTeacher(TeacherStudent):
 
     def training_step(self, batch, iteration: int) -> StepOutput:
         return self.mean_teacher_step(batch, iteration)[1]
+
+    def student_step(self, batch, iteration: int) -> tuple[torch.Tensor, StepOutput]:
+        return self.mean_teacher_step(batch, iteration)

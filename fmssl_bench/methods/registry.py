@@ -97,6 +97,12 @@ def _unknown(cls: type[Method], key: str) -> str:
             if cls.arguments else f"method {cls.name!r} takes no arguments")
 
 
+def component_args(cls: type[Method], protocol) -> dict[str, Any]:
+    """The arguments a method composed into another (SFR's base) runs with: its defaults, then its
+    own ``method_args`` of the protocol, exactly as when it runs alone under that protocol."""
+    return resolve_method_args(cls, protocol.method_args.get(cls.name, {}), {}, protocol.where)
+
+
 def resolve_method_args(cls: type[Method], protocol_args: dict[str, Any], cli_args: dict[str, Any],
                         protocol_source: str = "protocol") -> dict[str, Any]:
     """defaults < protocol ``method_args[<name>]`` < CLI, every value typed and checked.

@@ -69,6 +69,9 @@ class SelfTraining(TeacherStudent):
     min_unlabeled = 1
 
     def training_step(self, batch, iteration: int) -> StepOutput:
+        return self.student_step(batch, iteration)[1]
+
+    def student_step(self, batch, iteration: int) -> tuple[torch.Tensor, StepOutput]:
         self.unlabeled_images(batch)
         n_l = batch.image_l.shape[0]
         logits = self.student(batch.images)
@@ -79,4 +82,4 @@ class SelfTraining(TeacherStudent):
         weight = self.consistency_weight(iteration)
         logs = {"loss_sup": float(loss_sup.detach()), "loss_pl": float(loss_pl.detach()), "w_pl": weight,
                 "pl_frac": float(mask.float().mean())}
-        return StepOutput(loss_sup + weight * loss_pl, logs)
+        return logits, StepOutput(loss_sup + weight * loss_pl, logs)

@@ -21,6 +21,8 @@ from ...errors import FmsslError
 from ..views import resize_label
 
 HEADER = "tag,case,class,dice,defined_voxels\n"
+#: reports named by stage rather than by iteration are few; up to this many get a mean each
+MAX_TAGS_SHOWN = 8
 
 
 class PseudoLabelQuality:
@@ -85,5 +87,8 @@ def pseudo_label_summary(path: Path) -> dict[str, Any] | None:
     tags = list(dict.fromkeys(table["tag"]))
     quarter = max(1, len(tags) // 4)
     mean = lambda t: float(table[table["tag"].isin(t)]["dice"].mean())  # noqa: E731
-    return {"reports": len(tags), "cases_scored": int(table["case"].nunique()), "mean_dice": mean(tags),
-            "mean_dice_first_quarter": mean(tags[:quarter]), "mean_dice_last_quarter": mean(tags[-quarter:])}
+    summary = {"reports": len(tags), "cases_scored": int(table["case"].nunique()), "mean_dice": mean(tags),
+               "mean_dice_first_quarter": mean(tags[:quarter]), "mean_dice_last_quarter": mean(tags[-quarter:])}
+    if len(tags) <= MAX_TAGS_SHOWN:  # stage-wise reports (SFR: zero_shot, finetuned, ...): one mean each
+        summary["mean_dice_by_tag"] = {str(t): mean([t]) for t in tags}
+    return summary

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from ...errors import FmsslError
 from ..evaluation.metrics import METRICS
@@ -158,7 +158,7 @@ def _reasons(row: Mapping[str, Any], paper_row: Mapping[str, str], setting: Pape
     return [
         *_count_reasons(row, paper_row, setting),
         *_metric_reasons(row.get("metric_ids") or {}, setting.protocol),
-        *_protocol_reasons(identity.get("protocol") or {}, setting),
+        *_protocol_reasons(identity.get("protocol") or {}, setting, _stages_of(row, identity)),
         *_override_reasons(identity),
         *_method_reasons(row, identity, setting),
     ]
@@ -196,9 +196,21 @@ def _metric_reasons(metric_ids: Mapping[str, str], protocol: str) -> list[str]:
     return [f"{m} {metric_ids.get(m)} ≠ {expected[m]}" for m in METRICS if metric_ids.get(m) != expected[m]]
 
 
-def _protocol_reasons(protocol: Mapping[str, Any], setting: PaperSetting) -> list[str]:
+def _protocol_reasons(protocol: Mapping[str, Any], setting: PaperSetting, stages: Sequence[str] | None) -> list[str]:
     expected = {**reference_fields(setting.protocol), **setting.changes}
+    if stages is not None:  # a record's identity holds the stages: sections of its method's stages only
+        expected = {k: v for k, v in expected.items() if not k.startswith("stages.") or k.split(".")[1] in stages}
     return differing_fields(comparable_fields(protocol), expected)
+
+
+def _stages_of(row: Mapping[str, Any], identity: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The loop stages the row's method trains (None: not a registered method, compare every section)."""
+    from ...methods.registry import method_class, method_names
+
+    if row.get("method") not in method_names():
+        return None
+    cls = method_class(row["method"])
+    return cls.stages_used({**cls.defaults, **(identity.get("method_args") or {})})
 
 
 def _override_reasons(identity: Mapping[str, Any]) -> list[str]:

@@ -5,10 +5,11 @@ What enters (:func:`run_identity`):
 - ``record_format``: bumped when the meaning of a record's files changes;
 - ``dataset`` and its adapter options;
 - ``method`` and its fully resolved arguments (its defaults, then *its own* ``method_args`` of the
-  protocol, then ``--method-arg``);
+  protocol, then ``--method-arg``), and those of the methods it composes (``components``: SFR's base);
 - ``protocol``: the protocol's result-determining fields (:func:`result_fields`): not its name or
   description, not run-time settings (checkpoint/log frequency, sliding-window batch size, worker
-  counts) and not the ``method_args`` of other methods;
+  counts), not the ``method_args`` of other methods and not the ``stages:`` sections of stages
+  the method does not train (``Method.stages_used``; the runner removes them);
 - ``overrides``: ``--iterations`` and per-stage overrides;
 - ``split``: sha256 of the labeled, unlabeled and test ids (and their counts);
 - ``generalists``: the weights sha256 of every foundation model the method will use;
@@ -106,9 +107,10 @@ def split_identity(labeled: list[str], unlabeled: list[str], test: list[str]) ->
 
 def run_identity(*, dataset: str, dataset_options: Mapping[str, Any], method: str, method_args: Mapping[str, Any],
                  protocol: Mapping[str, Any], overrides: Mapping[str, Any], split: Mapping[str, Any],
-                 generalists: Mapping[str, str | None], seed: int, budget: str) -> dict[str, Any]:
+                 generalists: Mapping[str, str | None], seed: int, budget: str,
+                 components: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The resolved identity of a run (stored in ``config.json``; its digest names the record)."""
-    return {
+    identity = {
         "record_format": RECORD_FORMAT,
         "dataset": dataset,
         "dataset_options": dict(sorted(dataset_options.items())),
@@ -121,6 +123,9 @@ def run_identity(*, dataset: str, dataset_options: Mapping[str, Any], method: st
         "generalists": dict(sorted(generalists.items())),
         "seed": seed,
     }
+    if components:  # absent when empty, so the identities of methods without components stay as they were
+        identity["components"] = {name: dict(sorted(args.items())) for name, args in sorted(components.items())}
+    return identity
 
 
 def row_identity(identity: Mapping[str, Any]) -> dict[str, Any]:

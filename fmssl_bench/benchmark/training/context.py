@@ -105,7 +105,8 @@ class RunContext:
               labeled: LabeledView | None = None, unlabeled: UnlabeledView | None = None,
               batches: BatchProvider | None = None, step: Callable[[Batch, int], StepOutput] | None = None,
               after_step: Callable[[int], None] | None = None, modules: dict[str, nn.Module] | None = None,
-              trainable: list[nn.Parameter] | None = None, uses_unlabeled: bool | None = None) -> None:
+              trainable: list[nn.Parameter] | None = None, uses_unlabeled: bool | None = None,
+              config: TrainConfig | None = None) -> None:
         """Run (or resume, or skip if finished) one stage of the shared loop.
 
         Defaults are the method's: ``training_step``, ``after_step``, ``modules()`` (what the
@@ -114,9 +115,10 @@ class RunContext:
         (``protocol.stages[stage]`` over ``protocol.train``). ``iterations`` is the method's
         request for the stage length (e.g. epochs x cases / batch); ``--iterations`` and
         ``--stage-iterations`` override it. While the stage runs, ``ctx.stage`` says its name,
-        configuration and real length: what ramps must read.
+        configuration and real length: what ramps must read. ``config`` replaces the stage's own
+        configuration where a stage repeats another one's (SFR+'s second fine-tuning).
         """
-        config = self.stage_config(stage)
+        config = config if config is not None else self.stage_config(stage)
         uses_unlabeled = method.uses_unlabeled if uses_unlabeled is None else uses_unlabeled
         labeled = labeled if labeled is not None else self.labeled
         unlabeled = unlabeled if unlabeled is not None else self.unlabeled
