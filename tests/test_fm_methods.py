@@ -158,3 +158,25 @@ def test_semisam_on_3d_volumes_slice_wise(tmp_path, make_protocol):
     (prov_path,) = out.glob("synthetic-3d/semisam/*/*/*/provenance.json")
     stats = json.loads(prov_path.read_text())["generalists"]["litemedsam"]
     assert 0 < stats["encoder_calls"] <= 2 * 2 * 2  # iterations x unlabeled per batch x slices
+
+
+def test_sfr_with_real_litemedsam_records_its_stages_and_pseudo_label_quality(tmp_path, make_protocol):
+    """The CLI path of SFR with real weights: fine-tune -> pseudo-label -> re-train, one record."""
+    _litemedsam_or_skip()
+    root = make_disks(tmp_path / "disks")
+    proto = make_protocol("synthetic-2d", resize=[64, 64], train={"iterations": 4, "patch": [64, 64], "checkpoint_every": 4},
+                          net={"channels": [4, 8, 16]}, stages={"finetune": {"iterations": 2, "checkpoint_every": 2}})
+    out = tmp_path / "runs"
+    rc = main(["--method", "sfr", "--dataset", "folder2d", "--data-root", str(root), "--labeled", "4",
+               "--protocol", proto, "--out", str(out), "--no-progress", "--method-arg", "generalist=litemedsam"])
+    assert rc == 0
+    (record,) = out.glob("folder2d/sfr/*/*/*")
+    prov = json.loads((record / "provenance.json").read_text())
+    assert [s["stage"] for s in prov["stages"]] == ["finetune", "train"]
+    assert set(prov["pseudo_label_quality"]["mean_dice_by_tag"]) == {"zero_shot", "finetuned"}
+    sfr = prov["method"]["sfr"]
+    assert sfr["trainable_parameters"]["lora"] == 29_696 and sfr["canvas"]["sam_input"] == 256
+    assert prov["method"]["deviations"][0].startswith("generalist litemedsam")
+    config = json.loads((record / "config.json").read_text())
+    assert "mean_teacher" in config["identity"]["components"]
+    assert "finetune" in config["identity"]["protocol"]["stages"]

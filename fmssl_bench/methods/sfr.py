@@ -76,8 +76,6 @@ class SFR(Method):
                                "(scored by the runner as 'zero_shot')"),
     }
     deviations = [
-        "generalist MobileSAM (TinyViT encoder, SAM's decoder, 1024 px) instead of SAM ViT-B, whose weights "
-        "are not available here (sam_vit_b takes a user checkpoint)",
         "pseudo-labels computed once per unlabeled case (sliding windows of the training patch, half-patch "
         "strides) and cropped with each augmented patch, not recomputed on every augmented crop as the public code",
         "augmentation is the protocol's (rot90/flip of the patch, i.e. of every slice alike, and random crops), "
@@ -266,6 +264,9 @@ class SFR(Method):
         from ..foundation.stitching import grid_side
 
         out = super().provenance()
+        if self.args["generalist"] != "sam_vit_b":  # the paper's model; its weights are not shipped here
+            out.setdefault("deviations", []).insert(0, f"generalist {self.args['generalist']} instead of SAM ViT-B "
+                                                       "(sam_vit_b takes a user checkpoint)")
         patch = tuple(self.ctx.stage_config("train").patch)
         if self.ctx.protocol.ndim == 3:
             side, cell = grid_side(patch[-1]), patch[:2]
