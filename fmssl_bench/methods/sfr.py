@@ -13,7 +13,7 @@ Stages of the shared loop, each resumable:
     (public code: AdamW lr 1e-3, weight decay 0.1, poly, batch 2, 6000 iterations).
 ``pseudo_label`` (not a loop stage: an artifact)
     Y^u = F_C^-1(F_FT(F_C(X^u))) (Eq. 3) for every unlabeled case, as a sliding window of the
-    training patch (half-patch strides) whose windows are stitched like the fine-tuning patches;
+    training patch (half-patch strides; ``pl_stride=patch``: a tiling) stitched like the fine-tuning patches;
     the argmax map and the confidence C_j (mean over voxels of the max softmax) are saved.
 ``train``
     The base method (``base=``, any registered method exposing ``Method.student_step``:
@@ -72,6 +72,8 @@ class SFR(Method):
         "group": Arg(2, int, "2D data: images per canvas side (group x group per canvas; extends the paper)", ge=1),
         "pl_weight": Arg(1.0, float, "lambda of Eq. 4: weight of the pseudo-label term (public code 1, no ramp)",
                          ge=0),
+        "pl_stride": Arg("half", Literal["half", "patch"], "3D pseudo-label windows: half-patch strides (overlap "
+                         "averaged) or a non-overlapping tiling (8x fewer SAM calls; smoke protocols)"),
         "score_zero_shot": Arg(True, bool, "pseudo-label once with the promptless SAM before fine-tuning "
                                "(scored by the runner as 'zero_shot')"),
     }
@@ -241,7 +243,7 @@ class SFR(Method):
         device = self.ctx.device
         if self.ctx.protocol.ndim == 3:
             patch = tuple(self.ctx.stage_config("train").patch)
-            cfg = InferenceConfig(mode="sliding_window", patch=patch, stride=tuple(max(1, p // 2) for p in patch),
+            cfg = InferenceConfig(mode="sliding_window", patch=patch, stride=patch if self.args["pl_stride"] == "patch" else tuple(max(1, p // 2) for p in patch),
                                   sw_batch_size=1)
             for image in images:
                 yield sliding_window_probs(self.segmenter, image, cfg, device)
