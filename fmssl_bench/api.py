@@ -349,7 +349,7 @@ class Method:
             train = protocol.stage_config("train")
             if train.batch_size - train.labeled_bs < cls.min_unlabeled:
                 raise ConfigError(f"{protocol.where}: train.batch_size {train.batch_size}, labeled_bs {train.labeled_bs}: "
-                                  f"{cls.name} needs {cls.min_unlabeled} unlabeled image(s) per batch; expected "
+                                  f"{cls.name} needs at least {cls.min_unlabeled} unlabeled image(s) per batch; expected "
                                   f"{cls._unlabeled_rule()}")
 
     @classmethod
@@ -361,7 +361,7 @@ class Method:
         """``batch.image_u``, refused with a clear error when it holds fewer than ``min_unlabeled``."""
         n_u = 0 if batch.image_u is None else batch.image_u.shape[0]
         if n_u < max(1, self.min_unlabeled):
-            raise ConfigError(f"method {self.name!r} needs {max(1, self.min_unlabeled)} unlabeled image(s) per batch "
+            raise ConfigError(f"method {self.name!r} needs at least {max(1, self.min_unlabeled)} unlabeled image(s) per batch "
                               f"({self._unlabeled_rule()}), got {n_u}")
         return batch.image_u
 
