@@ -19,7 +19,7 @@ import pytest
 from fmssl_bench.benchmark.evaluation.scoring import metric_settings
 from fmssl_bench.benchmark.protocol import load_protocol
 from fmssl_bench.benchmark.records import comparability
-from fmssl_bench.benchmark.records.identity import digest, flatten, result_fields, unflatten
+from fmssl_bench.benchmark.records.identity import digest, flatten, protocol_for_identity, result_fields, unflatten
 from fmssl_bench.benchmark.records.leaderboard import (STAT_HEADER, aggregate, find_summaries, paper_dir,
                                                        paper_numbers, paper_value, render)
 from fmssl_bench.benchmark.records.statistics import MIN_PAIRS, compare_rows, paired_test
@@ -38,9 +38,11 @@ def make_summary(method: str = "mean_teacher", dataset: str = "la", labeled: str
                  **extra: Any) -> dict[str, Any]:
     """A summary.json as the runner writes it (identity fields included), for a run that never happened."""
     proto = load_protocol(protocol)
-    fields = {k: v for k, v in flatten(result_fields(proto.to_dict())).items() if k != "paper_comparable"}
-    fields.update(protocol_changes or {})
     defaults = dict(method_class(method).defaults)
+    stages = method_class(method).stages_used({**defaults, **(method_args or {})})  # the runner keeps only these
+    fields = {k: v for k, v in flatten(result_fields(protocol_for_identity(proto.to_dict(), stages))).items()
+              if k != "paper_comparable"}
+    fields.update(protocol_changes or {})
     n_labeled, n_unlabeled, n_test = n
     row_identity = json.loads(json.dumps({
         "record_format": 2, "dataset": dataset, "dataset_options": {}, "method": method,

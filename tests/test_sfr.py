@@ -216,9 +216,9 @@ def test_refusals_name_the_flag(make_protocol):
 
 
 def test_identity_holds_the_base_arguments_and_only_the_stages_trained():
-    from fmssl_bench.benchmark.runner import protocol_for_identity
+    from fmssl_bench.benchmark.records.identity import protocol_for_identity
 
     proto = load_protocol("la")
-    assert "finetune" in protocol_for_identity(proto, method_class("sfr").stages_used({}))["stages"]
-    assert protocol_for_identity(proto, method_class("mean_teacher").stages_used({}))["stages"] == {}
+    assert "finetune" in protocol_for_identity(proto.to_dict(), method_class("sfr").stages_used({}))["stages"]
+    assert protocol_for_identity(proto.to_dict(), method_class("mean_teacher").stages_used({}))["stages"] == {}
     assert method_class("sfr").components({"base": "acmt"}) == ("acmt",)

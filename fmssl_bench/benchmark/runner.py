@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from .evaluation.pseudo_labels import PseudoLabelQuality, pseudo_label_summary
 from .evaluation.scoring import evaluate_predictor, summarise, write_per_case
 from .protocol import Protocol, load_protocol
 from .records import store as records
-from .records.identity import run_identity, split_identity
+from .records.identity import protocol_for_identity, run_identity, split_identity
 from .splits import ResolvedSplit, parse_budget, resolve_split, select_labeled
 from .training.context import Overrides, RunContext
 from .training.loop import checkpoint_progress, say
@@ -170,20 +170,12 @@ def prepare(spec: RunSpec) -> Prepared:
     overrides = Overrides(spec.iterations, dict(spec.stage_iterations))
     identity = run_identity(
         dataset=spec.dataset, dataset_options=spec.dataset_options, method=spec.method, method_args=args,
-        protocol=protocol_for_identity(protocol, method_cls.stages_used(args)), overrides=overrides.to_dict(), split=split_identity(labeled, unlabeled, test),
+        protocol=protocol_for_identity(protocol.to_dict(), method_cls.stages_used(args)), overrides=overrides.to_dict(), split=split_identity(labeled, unlabeled, test),
         generalists=generalists, seed=spec.seed, budget=budget.text,
         components={name: component_args(method_class(name), protocol) for name in method_cls.components(args)})
     record = records.Record.locate(out, spec.dataset, spec.method, budget.text, spec.seed, identity)
     return Prepared(spec, adapter, protocol, method_cls, args, labeled, unlabeled, test, split, overrides,
                     generalists, record)
-
-
-def protocol_for_identity(protocol: Protocol, stages: Sequence[str]) -> dict[str, Any]:
-    """The protocol as the identity sees it: only the ``stages:`` sections of the method's own stages,
-    so declaring a stage for one method (SFR's ``finetune``) leaves every other record's identity alone."""
-    data = protocol.to_dict()
-    data["stages"] = {name: cfg for name, cfg in data.get("stages", {}).items() if name in stages}
-    return data
 
 
 def announce_resume(directory: Path) -> list[tuple[str, int, int]]:

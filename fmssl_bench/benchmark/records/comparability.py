@@ -258,8 +258,11 @@ def format_value(value: Any) -> str:
 
 
 def comparable_fields(protocol: Mapping[str, Any]) -> dict[str, Any]:
-    """Flattened result-determining protocol fields, declarations removed."""
-    return {k: v for k, v in flatten(protocol).items() if k not in DECLARED_FIELDS}
+    """Flattened result-determining protocol fields, declarations removed.
+
+    An empty section (``stages: {}`` of a method that trains no extra stage) is the same as an
+    absent one, so it is not a field of its own."""
+    return {k: v for k, v in flatten(protocol).items() if k not in DECLARED_FIELDS and v != {}}
 
 
 @functools.lru_cache(maxsize=None)

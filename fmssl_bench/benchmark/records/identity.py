@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 #: bump when the meaning of a record's files changes (old records then never match new runs)
 RECORD_FORMAT = 2
@@ -96,6 +96,14 @@ def result_fields(protocol_dict: Mapping[str, Any]) -> dict[str, Any]:
             continue
         kept[key] = value
     return unflatten(kept)
+
+
+def protocol_for_identity(protocol_dict: Mapping[str, Any], stages: Sequence[str]) -> dict[str, Any]:
+    """The protocol as the identity sees it: only the ``stages:`` sections of the method's own stages,
+    so declaring a stage for one method (SFR's ``finetune``) leaves every other record's identity alone."""
+    data = dict(protocol_dict)
+    data["stages"] = {name: cfg for name, cfg in (data.get("stages") or {}).items() if name in stages}
+    return data
 
 
 def split_identity(labeled: list[str], unlabeled: list[str], test: list[str]) -> dict[str, Any]:
