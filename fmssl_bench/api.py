@@ -80,6 +80,17 @@ class PseudoLabelScorer(Protocol):
     def __call__(self, ids: Sequence[str], labels: Sequence[np.ndarray], tag: str) -> None: ...
 
 
+class CheckpointScorer(Protocol):
+    """The runner's callback for multi-round methods (``ctx.score_checkpoint``): the test score of
+    an intermediate network (SamDSK's model after each round), recorded under ``tag``.
+
+    The runner evaluates ``net`` on the test view, which the method never holds, writes the mean
+    Dice per class to the record (``round_evaluation.csv``) and gives nothing back.
+    """
+
+    def __call__(self, net: nn.Module, tag: str) -> None: ...
+
+
 # -- typed values: method arguments (``Arg``) and protocol fields share these checks ----------
 
 _NONE_TEXT = ("none", "null")

@@ -31,6 +31,7 @@ from ..errors import ConfigError, DataError
 from ..methods.nets import count_parameters
 from ..methods.registry import component_args, method_class, resolve_method_args
 from .evaluation.pseudo_labels import PseudoLabelQuality, pseudo_label_summary
+from .evaluation.rounds import RoundEvaluation, round_evaluation_summary
 from .evaluation.scoring import evaluate_predictor, summarise, write_per_case
 from .protocol import Protocol, load_protocol
 from .records import store as records
@@ -316,6 +317,8 @@ def _train_and_evaluate(prep: Prepared, views: Views, device: torch.device, sett
         protocol=protocol, labeled=labeled_view, unlabeled=unlabeled_view, n_classes=len(adapter.classes),
         in_channels=in_channels, seed=spec.seed, run_dir=record.directory, device=device, overrides=prep.overrides,
         progress=spec.progress, score_pseudo_labels=PseudoLabelQuality(adapter, record.path("pseudo_label_quality.csv")),
+        score_checkpoint=RoundEvaluation(test_view, protocol, adapter.classes, device, record.path("round_evaluation.csv")),
+        roi_counts=dict(adapter.roi_counts), class_names=tuple(adapter.classes),
     )
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed % 2**32)
@@ -351,6 +354,9 @@ def _train_and_evaluate(prep: Prepared, views: Views, device: torch.device, sett
         "embedding_cache": fm_cache,
         "pseudo_label_quality": pseudo_label_summary(record.path("pseudo_label_quality.csv")),
     }
+    rounds = round_evaluation_summary(record.path("round_evaluation.csv"))
+    if rounds is not None:  # only multi-round methods report intermediate networks
+        provenance["round_evaluation"] = rounds
     summary = summarise(rows, config, n_labeled=len(prep.labeled_ids), n_unlabeled=len(prep.unlabeled_ids),
                         n_test=len(prep.test_ids), oracle=False, external=False,
                         method_defaults=dict(prep.method_cls.defaults))

@@ -51,6 +51,11 @@ class DatasetAdapter(ABC):
     classes: tuple[str, ...] = ("background", "foreground")
     needs_root: ClassVar[bool] = True
     default_protocol: ClassVar[str] = ""
+    roi_counts: ClassVar[dict[str, tuple[int, tuple[int, ...]]]] = {}
+    """Image-level domain knowledge: per foreground class, the fewest regions of interest an image
+    holds and the most, as a schedule over SamDSK's rounds (the last value repeats), e.g. polyps
+    ``{"polyp": (1, (1, 2, 3))}`` (seed 003 l.256). Empty: not declared (SamDSK then matches one
+    to one, the paper's first-round and BUSI/ISIC setting)."""
 
     def __init__(self, root: str | Path | None = None, **options: Any) -> None:
         if self.needs_root:

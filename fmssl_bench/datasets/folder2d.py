@@ -109,6 +109,7 @@ class KvasirSEG(Folder2D):
     classes = ("background", "polyp")
     default_subdir = "Kvasir-SEG"
     default_protocol = "kvasir"
+    roi_counts = {"polyp": (1, (1, 2, 3))}  # seed 003 l.256: polyps, v_upper 1, 2, 3 by round
 
 
 @register_dataset
@@ -118,6 +119,7 @@ class CVCClinicDB(Folder2D):
     classes = ("background", "polyp")
     default_subdir = "CVC-ClinicDB"
     default_protocol = "kvasir"
+    roi_counts = {"polyp": (1, (1, 2, 3))}  # seed 003 l.256
 
 
 @register_dataset
@@ -128,6 +130,7 @@ class ISIC(Folder2D):
     default_subdir = "ISIC"
     mask_suffix = "_segmentation"
     default_protocol = "kvasir"
+    roi_counts = {"lesion": (1, (1,))}  # seed 003 l.262: one lesion per image in every round
 
 
 @register_dataset
@@ -138,6 +141,7 @@ class BUSI(Folder2D):
     default_subdir = "BUSI"
     channels = 1
     default_protocol = "kvasir"
+    roi_counts = {"lesion": (1, (1,))}  # seed 003 l.236: v_lower = v_upper = 1
 
 
 @register_dataset

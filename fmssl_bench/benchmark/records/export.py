@@ -16,7 +16,7 @@ from pathlib import Path
 from ...errors import FmsslError
 
 SMALL_FILES = ("config.json", "split.json", "summary.json", "per_case.csv", "provenance.json", "train_log.csv",
-               "pseudo_label_quality.csv", "progress.png", "overlays.png")
+               "pseudo_label_quality.csv", "round_evaluation.csv", "progress.png", "overlays.png")
 #: the largest file copied; anything bigger is a sign something else landed in a record
 MAX_BYTES = 2 * 1024 * 1024
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from ...api import Batch, BatchProvider, PseudoLabelScorer, StepOutput
+from ...api import Batch, BatchProvider, CheckpointScorer, PseudoLabelScorer, StepOutput
 from ...errors import ConfigError
 from ...methods.nets import build_net
 from ..protocol import Protocol, TrainConfig
@@ -52,6 +52,10 @@ class RunContext:
     overrides: Overrides = field(default_factory=Overrides)
     progress: bool = True
     score_pseudo_labels: PseudoLabelScorer | None = None
+    score_checkpoint: CheckpointScorer | None = None
+    roi_counts: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    """The data set's image-level knowledge (``DatasetAdapter.roi_counts``), keyed by class name."""
+    class_names: tuple[str, ...] = ()
     stage_log: list[dict[str, Any]] = field(default_factory=list)
     generalists: dict[tuple[str, str | None], Any] = field(default_factory=dict)
     stage: StageState | None = None

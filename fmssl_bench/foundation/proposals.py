@@ -1,0 +1,141 @@
+"""SAM's automatic segmentation proposals ("segment everything"), computed once per image and cached.
+
+SamDSK (seed 003, Sec. 3.1) runs SAM's automatic mask generator on every unlabeled image with low
+thresholds so that every potential region of interest is among the proposals. This is
+``segment_anything``'s own :class:`~segment_anything.SamAutomaticMaskGenerator` (a point grid,
+multimask decoding, quality/stability filtering, NMS), run on the generalist's model; nothing of
+it is re-implemented here.
+
+Only generalists trained for point prompts with SAM's input recipe can do this (SAM ViT-B/L/H,
+MobileSAM): the generator feeds ``SamPredictor``'s preprocessing (SAM's pixel mean/std), which is
+not LiteMedSAM's or MedSAM's, and those were trained on boxes only.
+
+Post-processing (a recorded deviation, for CPU cost): ``SamPredictor`` upsamples every low-resolution
+mask logit (256 px) to the 1024 px input canvas, crops the image's part and resizes that to the
+image size; with 3 masks per point and a 32 x 32 grid that is ~3000 bilinear resizes to 1024 px
+per image, minutes on a CPU. :class:`_DirectResize` resizes the logits once, straight to the image
+size on the canvas (the canvas scaled back to the image's resolution), then crops: the same
+mapping up to interpolation rounding (tests/test_samdsk.py compares both paths on a real image).
+
+Cache: proposals are stored as SAM's uncompressed RLE (``segment_anything.utils.amg``) in one JSON
+file per image under ``<cache>/proposals/``, keyed by a content address (image bytes, weights
+sha256, generator settings), so they survive rounds, resumes and, with ``$FMSSL_FM_CACHE``, runs.
+A hit returns exactly what the generator computed for that key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import normalise_intensities
+from .sam import SAM_RECIPE, SamGeneralist
+
+
+@dataclass(frozen=True)
+class ProposalSettings:
+    """Arguments of ``SamAutomaticMaskGenerator``; defaults are SamDSK's (Sec. 3.1: every threshold 0.5)."""
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.5
+    stability_score_thresh: float = 0.5
+    box_nms_thresh: float = 0.5
+    crop_nms_thresh: float = 0.5
+    crop_n_layers: int = 0
+    min_mask_region_area: int = 0
+
+    def signature(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def supports_automatic_masks(fm: Any) -> bool:
+    """Whether ``fm`` can run SAM's automatic mask generator faithfully (see the module docstring)."""
+    return isinstance(fm, SamGeneralist) and fm.recipe == SAM_RECIPE
+
+
+def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` view image (any intensities) -> ``(H, W, 3)`` uint8, what ``SamPredictor`` takes."""
+    scaled = normalise_intensities(image)  # (3, H, W) in [0, 1]
+    return np.ascontiguousarray((scaled.transpose(1, 2, 0) * 255.0 + 0.5).clip(0, 255).astype(np.uint8))
+
+
+class _DirectResize:
+    """The SAM model as ``SamPredictor`` sees it, with a single-resize ``postprocess_masks``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self._model = model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def postprocess_masks(self, masks: torch.Tensor, input_size: tuple[int, ...],
+                          original_size: tuple[int, ...]) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        side = self._model.image_encoder.img_size
+        canvas = (round(side * original_size[0] / input_size[0]), round(side * original_size[1] / input_size[1]))
+        masks = F.interpolate(masks, canvas, mode="bilinear", align_corners=False)
+        return masks[..., : original_size[0], : original_size[1]]
+
+
+class ProposalCache:
+    """Automatic-mask proposals per image: computed on a miss, read back as boolean masks."""
+
+    def __init__(self, fm: SamGeneralist, settings: ProposalSettings, root: Path, direct_resize: bool = True) -> None:
+        if not supports_automatic_masks(fm):
+            raise ValueError(f"generalist {fm.name!r} cannot run SAM's automatic mask generator "
+                             "(needs a point-prompt SAM with SAM's input recipe: mobilesam, sam_vit_b/l/h)")
+        from segment_anything import SamAutomaticMaskGenerator
+
+        self.fm, self.settings = fm, settings
+        self.root = Path(root) / "proposals"
+        model = _DirectResize(fm.model) if direct_resize else fm.model
+        self.direct_resize = direct_resize
+        self.generator = SamAutomaticMaskGenerator(model, output_mode="uncompressed_rle", **asdict(settings))
+        self.stats = {"computed": 0, "hits": 0, "seconds": 0.0, "proposals": 0}
+
+    def key(self, rgb: np.ndarray) -> str:
+        digest = hashlib.sha256()
+        for part in (rgb.tobytes(), str(rgb.shape).encode(), (self.fm.weights_sha256 or self.fm.name).encode(),
+                     self.settings.signature().encode(), b"direct" if self.direct_resize else b"canvas"):
+            digest.update(part)
+        return digest.hexdigest()
+
+    def masks(self, image: np.ndarray) -> np.ndarray:
+        """``(K, H, W)`` boolean proposals of a ``(C, H, W)`` image (K may be 0)."""
+        from segment_anything.utils.amg import rle_to_mask
+
+        from ..benchmark.records.store import atomic_write_text  # one home of atomic writes
+
+        rgb = to_uint8_rgb(image)
+        path = self.root / f"{self.key(rgb)}.json"
+        if path.exists():
+            self.stats["hits"] += 1
+            records = json.loads(path.read_text())
+        else:
+            t0 = time.time()
+            with torch.no_grad():
+                found = self.generator.generate(rgb)
+            records = [{"segmentation": r["segmentation"], "predicted_iou": float(r["predicted_iou"]),
+                        "stability_score": float(r["stability_score"])} for r in found]
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(records))
+            self.stats["computed"] += 1
+            self.stats["seconds"] += time.time() - t0
+        self.stats["proposals"] += len(records)
+        if not records:
+            return np.zeros((0, *rgb.shape[:2]), bool)
+        return np.stack([rle_to_mask(r["segmentation"]).astype(bool) for r in records])
+
+    def provenance(self) -> dict[str, Any]:
+        out = dict(self.stats)
+        out["seconds"] = round(out["seconds"], 2)
+        return {"settings": asdict(self.settings), "postprocess": "direct resize" if self.direct_resize else "sam", **out}
