@@ -18,9 +18,10 @@ the same data set, method and labeled count:
 
 Each failed check is one short reason (``train pool 30 ≠ 80``, ``train.iterations 24 ≠ 6000``);
 no reason means comparable. Oracle rows (prompts from the test reference) and outside predictions
-are never comparable: the papers' zero-shot rows use prompt recipes and model variants (SAM with
-N points per slice, SAM-Med3D with iterative clicks, SAM 2 clicks) that the oracle does not
-reproduce, and outside predictions carry no training record to check.
+are never comparable: the oracle follows the papers' zero-shot prompt recipes (SAM with k points
+per slice, corrective clicks with mask feedback, key-frame clicks with propagation; its modes name
+their tables, :mod:`..oracle_modes`) but with the generalists available here, not the tables' SAM,
+SAM-Med3D or SAM 2 weights; outside predictions carry no training record to check.
 """
 
 from __future__ import annotations

@@ -277,6 +277,13 @@ def uses_zero_policy(metric_ids: Mapping[str, str]) -> bool:
     return any(f";empty={PAPER_EMPTY_POLICY}" in str(i) for i in metric_ids.values())
 
 
+def _oracle_note(s: Mapping[str, Any]) -> str:
+    """An oracle row's paper cell: the zero-shot table whose recipe it follows (never comparable:
+    prompts come from the test reference and the generalist is not the table's model)."""
+    recipe = s.get("oracle_recipe") if s.get("oracle") else None
+    return f"recipe of {recipe} (oracle, not comparable)" if recipe else ""
+
+
 def _row(runs: list[dict[str, Any]], args: str, papers: list[dict[str, str]]) -> dict[str, Any]:
     """A table row; keys starting with ``_`` are for the statistics and the HTML page, not the CSV."""
     first = runs[0]
@@ -290,7 +297,7 @@ def _row(runs: list[dict[str, Any]], args: str, papers: list[dict[str, str]]) ->
         "empty_policy_zero": zero,
         "oracle": any(r.get("oracle") for r in runs), "external": any(r.get("external") for r in runs),
         "metric_ids": " ".join(sorted(set((first.get("metric_ids") or {}).values()) - PERCENT)),
-        "paper_dice": describe(comparisons),
+        "paper_dice": describe(comparisons) or _oracle_note(first),
         "row_key": first.get("row_key", ""),
         "_comparisons": comparisons, "_baseline_keys": baseline_keys(first),
         "_records": [(r.get("seed"), record_dir(r)) for r in runs],
