@@ -59,6 +59,26 @@ def test_committed_records_keep_their_protocol_identity():
         assert now == config["identity"]["protocol"], path
 
 
+def test_a_run_without_protocol_uses_its_methods_paper_protocol(tmp_path):
+    from helpers import make_la
+
+    from fmssl_bench.benchmark.runner import RunSpec, prepare
+
+    la = make_la(tmp_path / "LA")
+    out = tmp_path / "runs"
+    semisam = prepare(RunSpec(method="semisam", dataset="la", labeled="1", data_root=str(la), out=str(out)))
+    teacher = prepare(RunSpec(method="mean_teacher", dataset="la", labeled="1", data_root=str(la), out=str(out)))
+    assert (semisam.protocol.name, teacher.protocol.name) == ("semisam-la", "la")
+    assert not out.exists()  # prepare writes nothing
+    refuse = tmp_path / "refuse.yaml"
+    refuse.write_text((ROOT / "fmssl_bench" / "protocols" / "la.yaml").read_text()
+                      .replace("short_labeled: repeat", "short_labeled: refuse"))
+    with pytest.raises(ConfigError, match="refuse.yaml: train.labeled_bs 2 > 1 labeled case"):
+        prepare(RunSpec(method="mean_teacher", dataset="la", labeled="1", data_root=str(la), out=str(out),
+                        protocol=str(refuse)))
+    assert not out.exists()
+
+
 def test_a_methods_default_protocol_is_its_papers():
     assert default_protocol(method_class("semisam"), "la") == "semisam-la"
     assert default_protocol(method_class("mean_teacher"), "la") == "la"

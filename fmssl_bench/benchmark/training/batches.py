@@ -27,10 +27,11 @@ def batch_split(config: TrainConfig, n_labeled: int, uses_unlabeled: bool = True
     """(labeled, unlabeled) cases per batch for ``n_labeled`` labeled cases, and a note ('' when the
     protocol's split is used as written).
 
-    UA-MT's ``TwoStreamBatchSampler`` (and SFR's, which copies it) groups one permutation of the
-    labeled cases into chunks of ``labeled_bs`` and drops the remainder: with fewer labeled cases
-    than ``labeled_bs`` it yields no batch at all (``train_LA.py`` then divides by zero), so the
-    reference code has no rule for that case and the protocol states one (``train.short_labeled``):
+    UA-MT's ``TwoStreamBatchSampler`` (``code/dataloaders/la_heart.py``) groups one permutation of
+    the labeled cases into chunks of ``labeled_bs`` and drops the remainder, and asserts
+    ``len(labeled) >= labeled_bs``: with fewer labeled cases it refuses to run. SFR's code keeps
+    labeled_bs 2 and still reports 1-labeled LA rows (002 Table VII), so the reference code gives
+    no single rule and the protocol states one (``train.short_labeled``):
 
     - ``repeat``: the batch keeps ``labeled_bs`` labeled slots; the endless labeled stream fills
       them with the same case(s) again, each independently augmented;
