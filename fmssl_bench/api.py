@@ -311,6 +311,10 @@ class Method:
     fewer before a record begins; :meth:`unlabeled_images` guards a step called directly."""
     deviations: ClassVar[list[str]] = []
     """How this implementation departs from the paper; recorded in every run's provenance."""
+    paper_protocols: ClassVar[dict[str, str]] = {}
+    """Data set -> the protocol its paper ran it under, where that differs from the data set's own
+    default (SemiSAM on LA: ``semisam-la``, 128^3 patches). A run without ``--protocol`` uses it, so
+    a method's default protocol is declared by the method, never in a table elsewhere."""
     paper_names: ClassVar[tuple[tuple[str, str], ...]] = ()
     """How the seed papers' tables print this method: (method, base) as in the ``method`` and
     ``base`` columns of ``leaderboards/paper/*.csv``; the leaderboard puts those rows beside it."""

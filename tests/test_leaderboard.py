@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fmssl_bench.benchmark.evaluation.scoring import metric_settings
+from fmssl_bench.benchmark.evaluation.scoring import metric_ids
 from fmssl_bench.benchmark.protocol import load_protocol
 from fmssl_bench.benchmark.records import comparability
 from fmssl_bench.benchmark.records.identity import digest, flatten, protocol_for_identity, result_fields, unflatten
@@ -51,12 +51,11 @@ def make_summary(method: str = "mean_teacher", dataset: str = "la", labeled: str
         "split": {"n_labeled": n_labeled, "n_unlabeled": n_unlabeled, "n_test": n_test, "test": "0123456789abcdef"},
         "generalists": {},
     }))
-    config, spacing_aware = metric_settings(proto)
     return {
         "method": method, "dataset": dataset, "labeled": labeled, "seed": seed, "protocol": proto.name,
         "identity_hash": digest({**row_identity, "seed": seed}), "row_key": digest(row_identity),
         "row_identity": row_identity, "n_labeled": n_labeled, "n_unlabeled": n_unlabeled, "n_test": n_test,
-        "metric_ids": config.ids(spacing_aware),
+        "metric_ids": metric_ids(proto),
         "classes": {"mean": {"dice": {"mean": dice, "std": dice_std, "n": n_test, "n_nan": 0}}},
         "empty_predictions": {"LA": 0}, "oracle": False, "external": False, "record": f"/runs/seed{seed}",
         "method_defaults": defaults, **extra,
@@ -159,17 +158,23 @@ def test_old_format_records_are_shown_with_a_warning_and_never_compared():
 # --------------------------------------------------------------------------- comparability
 
 
+VI_UNKNOWN = "87.47 (002 VI): paper setting unknown: 002 Table VI uses 96³ patches with LA interpolated to 96 slices"
+
+
 def test_exact_la_protocol_with_the_paper_split_shows_the_paper_value():
-    assert only_row(make_summary())["paper_dice"] == "88.12 (002 I)"  # MT 16/64, SFR Table I
+    # MT 16/64, SFR Table I; the other paper row of MT at 16 labels is named with why it is not comparable
+    assert only_row(make_summary())["paper_dice"] == f"88.12 (002 I); not comparable: {VI_UNKNOWN}"
     # a supervised lower bound uses no unlabeled case: the paper's "16 / 0" matches a 16/64 split
     assert only_row(make_summary(method="supervised"))["paper_dice"] == "86.03 (002 I)"
 
 
 def test_la_subset_train_pool_is_a_reason():
     row = only_row(make_summary(labeled="4", n=(4, 26, 20)))
-    # 001 (SemiSAM) trained and tested on 128³ patches, not the la protocol's 112×112×80
-    assert row["paper_dice"] == ("not comparable: train pool 30 ≠ 80; inference.patch 112×112×80 ≠ 128×128×128; "
-                                 "train.patch 112×112×80 ≠ 128×128×128")
+    # 001 (SemiSAM) ran its protocol semisam-la: 128³ patches, 1 + 3 batches, LCC with 26-connectivity
+    assert row["paper_dice"] == ("not comparable: train pool 30 ≠ 80; inference.largest_component False ≠ True; "
+                                 "inference.lcc_connectivity — ≠ 26; inference.patch 112×112×80 ≠ 128×128×128; "
+                                 "train.labeled_bs 2 ≠ 1; train.patch 112×112×80 ≠ 128×128×128; "
+                                 "train.short_labeled repeat ≠ —")
 
 
 def test_protocol_iterations_are_a_reason():
@@ -194,8 +199,11 @@ def test_changed_method_args_and_metric_definitions_are_reasons():
 def test_reasons_of_some_candidates_name_their_tables():
     # 1 labeled MT: 001 I/II (128³ patches) and 002 VII (112×112×80); a 20-case test set of 10 fails both
     row = only_row(make_summary(labeled="1", n=(1, 79, 10)))
-    assert row["paper_dice"] == ("not comparable: test set 10 ≠ 20; 001 I, 001 II: inference.patch 112×112×80 ≠ "
-                                 "128×128×128; 001 I, 001 II: train.patch 112×112×80 ≠ 128×128×128")
+    tables = "001 I, 001 II: "
+    assert row["paper_dice"] == ("not comparable: test set 10 ≠ 20; " + "; ".join(tables + r for r in (
+        "inference.largest_component False ≠ True", "inference.lcc_connectivity — ≠ 26",
+        "inference.patch 112×112×80 ≠ 128×128×128", "train.labeled_bs 2 ≠ 1", "train.patch 112×112×80 ≠ 128×128×128",
+        "train.short_labeled repeat ≠ —")))
 
 
 def test_unknown_paper_setting_is_never_comparable():
@@ -217,9 +225,40 @@ def test_oracle_and_outside_predictions_are_never_comparable():
 
 
 def test_semisam_is_compared_with_the_papers_generalist():
-    s = make_summary(method="semisam", labeled="4", n=(4, 76, 20),
-                     protocol_changes={"train.patch": [128, 128, 128], "inference.patch": [128, 128, 128]})
+    s = make_summary(method="semisam", labeled="4", n=(4, 76, 20), protocol="semisam-la")
     assert only_row(s)["paper_dice"] == "not comparable: generalist litemedsam ≠ sam-med3d"
+    comparable = make_summary(method="semisam", labeled="4", n=(4, 76, 20), protocol="semisam-la",
+                              method_args={"generalist": "sam-med3d"})
+    assert only_row(comparable)["paper_dice"].startswith("80.42 (001 I)")
+
+
+def test_an_la_record_names_the_paper_rows_it_may_be_compared_with_and_why_not_the_others():
+    # mean teacher at 1 labeled case: SFR's Table VII ran the la protocol; SemiSAM's Tables I/II ran semisam-la
+    row = only_row(make_summary(labeled="1", n=(1, 79, 20)))
+    cell = row["paper_dice"]
+    assert cell.startswith("29.68 (002 VII); not comparable: ")
+    assert "(001 I): inference.largest_component False ≠ True;" in cell and "train.labeled_bs 2 ≠ 1" in cell
+    assert "44.89 (002 VI): paper setting unknown" in cell
+
+
+def test_the_empty_policy_matters_only_where_a_mask_was_empty():
+    # the papers' code scores an empty prediction HD95 = ASD = 0; with no empty mask the policy changed nothing
+    assert only_row(make_summary(labeled="1", n=(1, 79, 20)))["paper_dice"].startswith("29.68 (002 VII)")
+    empty = make_summary(labeled="1", n=(1, 79, 20), empty_predictions={"LA": 2})
+    cell = only_row(empty)["paper_dice"]
+    assert cell.startswith("not comparable: ")
+    assert "hd95 hd95@medpy-pooled/voxel;empty=worst ≠ hd95@medpy-pooled/voxel;empty=zero (2 empty mask(s))" in cell
+    # under the papers' convention the same record is comparable, and the row says it uses it
+    zero = make_summary(labeled="1", n=(1, 79, 20), empty_predictions={"LA": 2},
+                        protocol_changes={"metrics.empty_policy": "zero"})
+    zero["metric_ids"] = {k: v.replace("empty=worst", "empty=zero") for k, v in zero["metric_ids"].items()}
+    row = only_row(zero)
+    assert row["paper_dice"].startswith("29.68 (002 VII)")
+    assert row["empty_policy_zero"] and not only_row(empty)["empty_policy_zero"]
+    md = render([row], "md")
+    assert "| 2 (HD95 0 for empty predictions, as in UA-MT) |" in md
+    assert "1 row(s) score an empty prediction HD95 = ASD = 0" in md
+    assert "HD95 0 for empty predictions" not in render([only_row(empty)], "md")
 
 
 # --------------------------------------------------------------------------- paper numbers

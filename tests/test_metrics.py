@@ -272,7 +272,7 @@ EMPTY_TABLE = {
 
 @pytest.mark.parametrize("asd_mode", ["directed", "symmetric"])
 @pytest.mark.parametrize("spacing", [None, (0.5, 2.0, 3.0)], ids=["voxel", "mm"])
-@pytest.mark.parametrize("policy", ["worst", "nan"])
+@pytest.mark.parametrize("policy", ["worst", "nan", "zero"])
 @pytest.mark.parametrize("cell", list(EMPTY_TABLE))
 def test_metrics_empty_policy_table(cell: str, policy: str, spacing, asd_mode: str) -> None:
     shape = (10, 12, 14)
@@ -280,15 +280,15 @@ def test_metrics_empty_policy_table(cell: str, policy: str, spacing, asd_mode: s
     nothing = np.zeros(shape, bool)
     pred = nothing if cell in ("both-empty", "pred-empty") else something
     ref = nothing if cell in ("both-empty", "ref-empty") else something
-    got = ours(pred, ref, spacing, empty_policy=policy, asd=asd_mode)
+    got = ours(pred, ref, spacing, empty_policy=policy, asd=asd_mode, hd="max")
     diagonal = math.sqrt(sum((n * (1.0 if spacing is None else s)) ** 2 for n, s in zip(shape, spacing or shape)))
-    policy_value = diagonal if policy == "worst" else NAN
-    assert set(got) == set(METRICS) | {"empty_pred", "empty_ref"}
-    for key, want in EMPTY_TABLE[cell].items():
+    policy_value = {"worst": diagonal, "nan": NAN, "zero": 0.0}[policy]
+    assert set(got) == set(METRICS) | {"hd", "empty_pred", "empty_ref"}
+    for key, want in {**EMPTY_TABLE[cell], "hd": EMPTY_TABLE[cell]["hd95"]}.items():
         want = policy_value if want == "P" else want
         assert math.isnan(got[key]) if math.isnan(want) else got[key] == pytest.approx(want, rel=1e-12), (key, got[key])
-    if cell != "both-empty":
-        assert not got["hd95"] == 0.0, "a missed or hallucinated structure must never score HD95 = 0"
+    if cell != "both-empty" and policy != "zero":
+        assert not got["hd95"] == 0.0, "a missed or hallucinated structure scores HD95 = 0 only under the zero policy"
 
 
 def test_metrics_worst_distance_exceeds_any_real_distance() -> None:
@@ -326,6 +326,28 @@ def test_metrics_config_round_trips(config: MetricConfig) -> None:
         assert MetricConfig.from_ids(config.ids(spacing_aware)) == (config, spacing_aware)
 
 
+@pytest.mark.parametrize("anisotropic", [False, True], ids=["voxel", "aniso"])
+@pytest.mark.parametrize(("name", "pred", "ref"), PAIRS[:8], ids=PAIR_IDS[:8])
+def test_metrics_full_hausdorff_matches_medpy_hd(name: str, pred: np.ndarray, ref: np.ndarray, anisotropic: bool) -> None:
+    spacing = spacing_for(pred, anisotropic)
+    if not pred.any() or not ref.any():
+        pytest.skip("medpy hd raises on an empty mask (the empty cells are tested with the policy table)")
+    got = ours(pred, ref, spacing, hd="max")
+    assert_close(got["hd"], medpy.hd(pred, ref, voxelspacing=spacing), f"{name} hd")
+    assert got["hd"] >= got["hd95"]
+    assert "hd" not in ours(pred, ref, spacing)  # optional: scored only when asked for
+
+
+def test_metrics_full_hausdorff_id_is_versioned_and_optional() -> None:
+    assert "hd" not in MetricConfig().ids(False) and MetricConfig().to_dict() == {
+        "hd95": "medpy-pooled", "asd": "directed", "empty_policy": "worst"}
+    config = MetricConfig(hd="max", empty_policy="zero")
+    assert config.ids(True)["hd"] == "hd@max/mm;empty=zero"
+    assert config.metrics == METRICS + ("hd",)
+    assert MetricConfig.from_ids(config.ids(False)) == (config, False)
+    assert MetricConfig.from_dict(config.to_dict()) == config
+
+
 def test_metrics_ids_are_distinct_per_semantics() -> None:
     seen = {(c, s): (c.ids(s)["hd95"], c.ids(s)["asd"]) for c in ALL_CONFIGS for s in (False, True)}
     assert len(set(seen.values())) == len(seen)
@@ -333,8 +355,8 @@ def test_metrics_ids_are_distinct_per_semantics() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"hd95": "pooled"}, {"asd": "mean"}, {"empty_policy": "zero"}, {"spacing": True}],
-    ids=["hd95", "asd", "empty", "unknown-key"],
+    [{"hd95": "pooled"}, {"asd": "mean"}, {"empty_policy": "zeros"}, {"hd": "95"}, {"spacing": True}],
+    ids=["hd95", "asd", "empty", "hd", "unknown-key"],
 )
 def test_metrics_config_rejects_bad_values(bad: dict) -> None:
     with pytest.raises(ConfigError):

@@ -24,7 +24,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="dataset name (see `fmssl-bench list datasets`)")
     p.add_argument("--labeled", default=None, help="label budget: a count (4), a percentage (10%%) or 'all' (default: 10%%)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    p.add_argument("--protocol", help="protocol name or YAML path (default: the dataset's paper protocol)")
+    p.add_argument("--protocol", help="protocol name or YAML path (default: the method's paper protocol for the dataset, else the dataset's)")
     p.add_argument("--data-root", help="dataset folder (default: $FMSSL_DATA/<dataset folder>)")
     p.add_argument("--out", help="results root (default: $FMSSL_RESULTS or ./runs)")
     p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE", help="override a method hyper-parameter")
@@ -46,9 +46,15 @@ def _add_oracle_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generalist", required=True, help="foundation model (see `fmssl-bench list generalists`)")
     p.add_argument("--dataset", required=True, help="dataset name (see `fmssl-bench list datasets`)")
     p.add_argument("--data-root", help="dataset folder (default: $FMSSL_DATA/<dataset folder>)")
-    p.add_argument("--prompt", choices=["box", "points"], default="box",
-                   help="box: one box per reference component; points: N positive clicks (default box)")
-    p.add_argument("--points", type=int, default=1, help="clicks per object with --prompt points (default 1)")
+    p.add_argument("--prompt", choices=["box", "points", "clicks", "keyframes"], default="box",
+                   help="box: one box per reference component; points: k positive clicks on every slice with the "
+                        "target (001 Table I 'SAM (kN points)'); clicks: k corrective clicks with the previous mask fed "
+                        "back (001 Table I / 002 Table XIV SAM-Med3D rows); keyframes: a click on every k-th slice, "
+                        "propagated (002 Table XV 'Frequency k') (default box)")
+    p.add_argument("--points", "--per-slice", dest="points", type=int, default=1,
+                   help="points per slice (per image in 2D) with --prompt points, per key frame with keyframes (default 1)")
+    p.add_argument("--clicks", type=int, default=5, help="corrective clicks per slice with --prompt clicks (default 5)")
+    p.add_argument("--every", type=int, default=5, help="a key frame every N slices with --prompt keyframes (default 5)")
     p.add_argument("--protocol", help="protocol name or YAML path; decides the metric definitions (default: the dataset's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the point sampling (default 0)")
     p.add_argument("--out", help="results root (default: $FMSSL_RESULTS or ./runs)")
@@ -66,7 +72,7 @@ def _add_grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datasets", required=True, help="comma-separated dataset names")
     p.add_argument("--budgets", required=True, help="comma-separated label budgets (4,8 or 5%%,10%%)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    p.add_argument("--protocol", help="protocol name or YAML path (default: each dataset's paper protocol)")
+    p.add_argument("--protocol", help="protocol name or YAML path (default: per method and dataset, its paper protocol)")
     p.add_argument("--data-root", help="dataset folder (one dataset only; default: $FMSSL_DATA/<dataset folder>)")
     p.add_argument("--out", help="results root (default: $FMSSL_RESULTS or ./runs)")
     p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE", help="for every method of the grid")
@@ -330,6 +336,7 @@ def cmd_oracle(args: argparse.Namespace) -> int:
     from .oracle import run_oracle
 
     summary = run_oracle(args.generalist, args.dataset, args.data_root, prompt=args.prompt, n_points=args.points,
+                         n_clicks=args.clicks, every=args.every,
                          protocol=args.protocol, out=args.out, checkpoint=args.fm_checkpoint, max_cases=args.max_cases,
                          seed=args.seed, force=args.force, progress=not args.no_progress, device=args.device,
                          dataset_options=_options(args.dataset_option), cache_dir=args.fm_cache_dir)

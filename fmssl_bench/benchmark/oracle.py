@@ -23,6 +23,11 @@ thresholded at 0.5; where several classes pass, the highest probability wins.
 Images or slices where the reference has no foreground get no prompt and an empty prediction.
 Every slice that has foreground gets its own oracle prompt, so no propagation is involved.
 Point sampling is seeded per (seed, case, class), independent of which other cases are run.
+
+The ``points`` mode is the recipe of 001 Table I "SAM (kN points)"; ``clicks`` (iterative
+corrective clicks with mask feedback) and ``keyframes`` (clicks on every k-th slice, propagated)
+reproduce the other zero-shot tables: :mod:`.oracle_modes`. Each record names the table its
+recipe follows (``oracle_recipe`` in the summary), which the leaderboard prints.
 """
 
 from __future__ import annotations
@@ -43,13 +48,16 @@ from .records import store as records
 from .evaluation.predictions import save_prediction
 from .evaluation.scoring import score_predictions, summarise, write_per_case
 from .protocol import load_protocol
+from .oracle_modes import RECIPES, predict_keyframes, segment_with_clicks
 from .records.identity import run_identity, split_identity
 from .runner import resolve_data_root, resolve_device
 from .splits import resolve_split
 from .views import TestView, progress_bar
 
 METHOD = "sam_zero_shot"
-PROMPT_MODES = ("box", "points")
+PROMPT_MODES = ("box", "points", "clicks", "keyframes")
+#: modes whose prompts are clicks (refused for box-only generalists)
+CLICK_MODES = frozenset({"points", "clicks", "keyframes"})
 THRESHOLD = 0.5
 SLICE_AXIS = -1  # 3D: slices along the last spatial axis (the papers' axial slices for LA)
 #: generalists trained on box prompts only; points give empty masks, so an oracle row would be meaningless
@@ -80,11 +88,22 @@ def oracle_prompts(ref2d: np.ndarray, label: int, mode: str = "box", n_points: i
     return [Prompts(points=np.stack([cols[chosen], rows[chosen]], axis=1))]
 
 
-def _check_prompt(mode: str, n_points: int) -> None:
+def _check_prompt(mode: str, n_points: int, n_clicks: int = 1, every: int = 1) -> None:
     if mode not in PROMPT_MODES:
         raise ConfigError(f"--prompt {mode!r}: expected one of {', '.join(PROMPT_MODES)}")
-    if mode == "points" and n_points < 1:
-        raise ConfigError(f"--points {n_points}: expected at least 1 point")
+    if mode in ("points", "keyframes") and n_points < 1:
+        raise ConfigError(f"--points/--per-slice {n_points}: expected at least 1 point")
+    if mode == "clicks" and n_clicks < 1:
+        raise ConfigError(f"--clicks {n_clicks}: expected at least 1 click")
+    if mode == "keyframes" and every < 1:
+        raise ConfigError(f"--every {every}: expected at least 1 (a key frame every N slices)")
+
+
+def oracle_recipe(mode: str, n_points: int, n_clicks: int, every: int) -> str:
+    """The seed table a mode reproduces, with its count (empty for ``box``, the harness's own)."""
+    if mode not in RECIPES:
+        return ""
+    return RECIPES[mode].describe({"points": n_points, "clicks": n_clicks, "keyframes": every}[mode])
 
 
 def segment_with_oracle(generalist: Generalist, image01: np.ndarray, ref2d: np.ndarray, n_classes: int,
@@ -116,26 +135,45 @@ def segment_with_oracle(generalist: Generalist, image01: np.ndarray, ref2d: np.n
 
 
 def predict_case(generalist: Generalist, image: np.ndarray, ref: np.ndarray, n_classes: int, mode: str,
-                 n_points: int, rngs: dict[int, np.random.Generator]) -> tuple[np.ndarray, int, int]:
-    """Oracle prediction of one case (2D image or 3D volume): (labels, prompts used, images encoded)."""
+                 n_points: int, rngs: dict[int, np.random.Generator], n_clicks: int = 1,
+                 every: int = 1) -> tuple[np.ndarray, int, int]:
+    """Oracle prediction of one case (2D image or 3D volume): (labels, prompts used, images encoded).
+
+    ``keyframes``: images encoded = the generalist's encoder calls and cache hits of the case.
+    """
+    if mode == "keyframes":
+        if ref.ndim != 3:
+            raise ConfigError("--prompt keyframes: key frames are slices of a volume; expected a 3D data set")
+        stats = getattr(generalist, "stats", None)
+        before = 0 if stats is None else stats.encoder_calls + stats.cache_hits
+        pred, n = predict_keyframes(generalist, image, ref, n_classes, every, n_points, rngs)
+        return pred, n, 0 if stats is None else stats.encoder_calls + stats.cache_hits - before
     image01 = normalise_intensities(image)  # a volume is normalised once as a whole (segment_volume's recipe)
+
+    def one(img01: np.ndarray, ref2d: np.ndarray) -> tuple[np.ndarray, int]:
+        if mode == "clicks":
+            return segment_with_clicks(generalist, img01, ref2d, n_classes, n_clicks, rngs)
+        return segment_with_oracle(generalist, img01, ref2d, n_classes, mode, n_points, rngs)
+
     if ref.ndim == 2:
-        pred, n = segment_with_oracle(generalist, image01, ref, n_classes, mode, n_points, rngs)
+        pred, n = one(image01, ref)
         return pred, n, int(n > 0)
     pred = np.zeros(ref.shape, dtype=np.uint8)
     n_prompts = n_images = 0
     for k in np.flatnonzero(ref.reshape(-1, ref.shape[-1]).any(axis=0)):  # slices along SLICE_AXIS = -1
         slice01 = np.ascontiguousarray(image01[..., k])
-        pred[..., k], n = segment_with_oracle(generalist, slice01, ref[..., k], n_classes, mode, n_points, rngs)
+        pred[..., k], n = one(slice01, ref[..., k])
         n_prompts += n
         n_images += int(n > 0)
     return pred, n_prompts, n_images
 
 
 def budget_text(generalist: Generalist, prompt: str, n_points: int, explicit_checkpoint: bool,
-                n_cases: int, n_test: int) -> str:
+                n_cases: int, n_test: int, n_clicks: int = 1, every: int = 1) -> str:
     """What keys the record besides protocol and seed: prompt, generalist, non-official weights, subset."""
-    text = f"oracle-{'box' if prompt == 'box' else f'{n_points}pt'}-{generalist.name}"
+    recipe = {"box": "box", "points": f"{n_points}pt", "clicks": f"{n_clicks}clicks",
+              "keyframes": f"every{every}-{n_points}pt"}[prompt]
+    text = f"oracle-{recipe}-{generalist.name}"
     if explicit_checkpoint and generalist.weights_sha256 != get_spec(generalist.name).sha256:
         text += f"-w{(generalist.weights_sha256 or 'unknown')[:8]}"
     if n_cases < n_test:
@@ -147,7 +185,8 @@ def run_oracle(generalist: str, dataset: str, data_root: str | Path | None = Non
                n_points: int = 1, protocol: str | None = None, out: str | Path | None = None,
                checkpoint: str | Path | None = None, max_cases: int | None = None, seed: int = 0,
                force: bool = False, progress: bool = True, device: str = "auto",
-               dataset_options: dict[str, Any] | None = None, cache_dir: str | Path | None = None) -> dict[str, Any]:
+               dataset_options: dict[str, Any] | None = None, cache_dir: str | Path | None = None,
+               n_clicks: int = 5, every: int = 5) -> dict[str, Any]:
     """Oracle-prompted zero-shot evaluation of ``generalist`` on the test split; returns the summary.
 
     Everything is resolved (names, data, split, weights, test cases) before the record directory
@@ -155,14 +194,16 @@ def run_oracle(generalist: str, dataset: str, data_root: str | Path | None = Non
     cases of the split (for CPU smoke runs; the subset is part of the record key). ``cache_dir``
     keeps image embeddings on disk, so box and point runs on the same images encode them once.
     """
-    _check_prompt(prompt, n_points)
+    _check_prompt(prompt, n_points, n_clicks, every)
     get_spec(generalist)  # an unknown name fails before the split file is written
-    if prompt == "points" and generalist in BOX_ONLY:
+    if prompt in CLICK_MODES and generalist in BOX_ONLY:
         raise ConfigError(f"--generalist {generalist} was trained on box prompts only (points give empty masks); "
-                          "use --prompt box or a SAM/MobileSAM generalist")
+                          f"--prompt {prompt} clicks: use --prompt box or a SAM/MobileSAM generalist")
     if max_cases is not None and max_cases < 1:
         raise ConfigError(f"--max-cases {max_cases}: expected at least 1")
     cls = dataset_class(dataset)
+    if prompt == "keyframes" and cls.ndim != 3:
+        raise ConfigError(f"--prompt keyframes: key frames are slices of a volume; dataset {dataset!r} is {cls.ndim}D")
     proto = load_protocol(protocol or cls.default_protocol)
     if proto.ndim != cls.ndim:
         raise ConfigError(f"--protocol {proto.name}: a {proto.ndim}D protocol; dataset {dataset!r} is {cls.ndim}D")
@@ -175,10 +216,16 @@ def run_oracle(generalist: str, dataset: str, data_root: str | Path | None = Non
     # each image is encoded once per run: an in-memory embedding cache would only hold memory
     cache = EmbeddingCache(directory=cache_dir, max_items=0)
     fm = build_generalist(generalist, checkpoint=checkpoint, device=str(torch_device), cache=cache)
-    labeled = budget_text(fm, prompt, n_points, checkpoint is not None, len(test_ids), len(split.test))
-    method_args = {"generalist": fm.name, "prompt": prompt, "n_points": n_points if prompt == "points" else None,
+    labeled = budget_text(fm, prompt, n_points, checkpoint is not None, len(test_ids), len(split.test), n_clicks, every)
+    method_args = {"generalist": fm.name, "prompt": prompt,
+                   "n_points": n_points if prompt in ("points", "keyframes") else None,
                    "box": "one per 8-connected component" if prompt == "box" else None,
                    "multimask": False, "threshold": THRESHOLD, "slice_axis": SLICE_AXIS if cls.ndim == 3 else None}
+    if prompt == "clicks":  # keys of the new modes only: the box and points records keep their identities
+        method_args.update(n_clicks=n_clicks, click_rule="largest error, deeper than half its depth", mask_feedback=True)
+    if prompt == "keyframes":
+        method_args.update(every=every, propagation="segment_volume")
+    recipe = oracle_recipe(prompt, n_points, n_clicks, every)
     identity = run_identity(
         dataset=dataset, dataset_options=dataset_options or {}, method=METHOD, method_args=method_args,
         protocol=proto.to_dict(), overrides={"max_cases": max_cases}, split=split_identity([], [], test_ids),
@@ -209,7 +256,8 @@ def run_oracle(generalist: str, dataset: str, data_root: str | Path | None = Non
         for case in bar:
             crc = zlib.crc32(case.case_id.encode())
             rngs = {c: np.random.default_rng([seed, crc, c]) for c in range(1, len(adapter.classes))}
-            pred, n, m = predict_case(fm, case.image, case.label, len(adapter.classes), prompt, n_points, rngs)
+            pred, n, m = predict_case(fm, case.image, case.label, len(adapter.classes), prompt, n_points, rngs,
+                                      n_clicks, every)
             items.append((case.case_id, pred, case.label, case.spacing))
             n_prompts, n_images = n_prompts + n, n_images + m
         segment_seconds = time.time() - t0
@@ -230,5 +278,6 @@ def run_oracle(generalist: str, dataset: str, data_root: str | Path | None = Non
             "prompts": n_prompts,
             "images_encoded": n_images,
         }
-        summary = summarise(rows, config, n_labeled=0, n_unlabeled=0, n_test=len(test_ids), oracle=True, external=False)
+        summary = summarise(rows, config, n_labeled=0, n_unlabeled=0, n_test=len(test_ids), oracle=True, external=False,
+                            **({"oracle_recipe": recipe} if recipe else {}))
         return record.finish(provenance, summary)

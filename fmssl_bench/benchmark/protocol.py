@@ -35,6 +35,10 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "poly", "constant")
 INFERENCE_MODES = ("sliding_window", "whole_image")
 CHECKPOINT_RULES = ("last",)
+SHORT_LABELED_RULES = ("repeat", "shrink", "refuse")
+#: connectivities of ``inference.lcc_connectivity`` per dimensionality (neighbours sharing a face,
+#: an edge or a corner in 3D; an edge or a corner in 2D); the first is the face connectivity
+LCC_CONNECTIVITIES = {3: (6, 18, 26), 2: (4, 8)}
 
 
 def _f(default: Any, **rule: Any) -> Any:
@@ -66,6 +70,12 @@ class TrainConfig:
     gamma: float = _f(0.1, gt=0, le=1)
     poly_power: float = _f(0.9, gt=0)
     augment: tuple[str, ...] = _f(("random_crop", "rot_flip"), choices=KNOWN_AUGMENTATIONS)
+    short_labeled: str | None = _f(None, choices=SHORT_LABELED_RULES)
+    """What a semi-supervised batch does when the labeled cases are fewer than ``labeled_bs``
+    (:func:`.training.batches.batch_split`): ``repeat`` (the labeled stream repeats a case within
+    the batch), ``shrink`` (labeled_bs becomes the labeled count, the freed slots take unlabeled
+    cases) or ``refuse`` (the run is refused before anything is written). Unset: ``repeat``, said
+    aloud when it happens; an unset field stays out of the run identity."""
     checkpoint_every: int = _f(1000, ge=1)
     checkpoint_rule: str = _f("last", choices=CHECKPOINT_RULES)  # the final iterate; never selected on the test set
     log_every: int = _f(50, ge=1)
@@ -78,6 +88,10 @@ class InferenceConfig:
     stride: tuple[int, ...] = _f((18, 18, 4), ge=1)
     sw_batch_size: int = _f(1, ge=1)
     largest_component: bool = _f(False)
+    lcc_connectivity: int | None = _f(None, ge=1)
+    """The connectivity of the largest-component step: 6, 18 or 26 (3D), 4 or 8 (2D); unset = the
+    face connectivity (6 / 4), scipy's default. SemiSAM's test code (``getLargestCC``, scikit-image
+    ``label``) uses the full connectivity, 26 in 3D."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,12 @@ class Protocol:
         if self.scale is not None and self.scale != 1:
             return tuple(max(1, int(round(d * self.scale))) for d in shape)
         return None
+
+    def largest_component_connectivity(self) -> int | None:
+        """The connectivity of the largest-component post-processing, None when there is none."""
+        if not self.inference.largest_component:
+            return None
+        return self.inference.lcc_connectivity or LCC_CONNECTIVITIES[self.ndim][0]
 
     def stage_config(self, stage: str) -> TrainConfig:
         """``train`` with the stage's overrides from the ``stages:`` section applied."""
@@ -177,9 +197,10 @@ def _section(cls: type, data: dict[str, Any] | None, where: str, source: str = "
 
 
 def _check_metrics(data: Any, source: str) -> dict[str, Any]:
-    from .evaluation.metrics import ASD_MODES, EMPTY_POLICIES, HD95_MODES
+    from .evaluation.metrics import ASD_MODES, EMPTY_POLICIES, HD95_MODES, HD_MODES
 
-    valid = {"hd95": HD95_MODES, "asd": ASD_MODES, "empty_policy": EMPTY_POLICIES, "units": ("voxel", "mm")}
+    valid = {"hd95": HD95_MODES, "asd": ASD_MODES, "empty_policy": EMPTY_POLICIES, "units": ("voxel", "mm"),
+             "hd": HD_MODES}
     data = _mapping(data, f"{source}: metrics")
     for key, value in data.items():
         if key not in valid:
@@ -260,6 +281,14 @@ def _validate(p: Protocol, source: str) -> None:
                           f"1..the patch {list(inf.patch)}")
     if vnet and any(d % 16 for d in inf.patch):
         raise ConfigError(f"{source}: inference.patch {list(inf.patch)}: the VNet down-samples 4 times; expected multiples of 16")
+    if inf.lcc_connectivity is not None:
+        valid = LCC_CONNECTIVITIES[p.ndim]
+        if not inf.largest_component:
+            raise ConfigError(f"{source}: inference.lcc_connectivity {inf.lcc_connectivity}: set only with "
+                              "largest_component: true (it is the connectivity of that step)")
+        if inf.lcc_connectivity not in valid:
+            raise ConfigError(f"{source}: inference.lcc_connectivity {inf.lcc_connectivity}: expected one of "
+                              f"{', '.join(map(str, valid))} for a {p.ndim}D protocol")
 
 
 def protocol_names() -> list[str]:

@@ -37,6 +37,7 @@ from .protocol import Protocol, load_protocol
 from .records import store as records
 from .records.identity import protocol_for_identity, run_identity, split_identity
 from .splits import ResolvedSplit, parse_budget, resolve_split, select_labeled
+from .training.batches import batch_split
 from .training.context import Overrides, RunContext
 from .training.loop import checkpoint_progress, say
 from .views import TestView, build_labeled_view, build_unlabeled_view
@@ -146,6 +147,23 @@ def generalist_weights(pairs: list[tuple[str, str | None]]) -> dict[str, str | N
     return out
 
 
+def check_batch_split(protocol: Protocol, method_cls: type, args: dict[str, Any], n_labeled: int) -> None:
+    """``train.short_labeled: refuse`` with fewer labeled cases than ``labeled_bs``: refused here, before
+    anything is written (:func:`.training.batches.batch_split` states the rule)."""
+    if "train" not in method_cls.stages_used(args):
+        return
+    try:
+        batch_split(protocol.stage_config("train"), n_labeled, bool(method_cls.uses_unlabeled))
+    except ConfigError as err:
+        raise ConfigError(f"{protocol.where}: {err}") from None
+
+
+def default_protocol(method_cls: type, dataset: str) -> str:
+    """The protocol a run uses without ``--protocol``: the method's paper protocol for the data set
+    (``Method.paper_protocols``, e.g. semisam on la -> semisam-la), else the data set's default."""
+    return getattr(method_cls, "paper_protocols", {}).get(dataset) or dataset_class(dataset).default_protocol
+
+
 def prepare(spec: RunSpec) -> Prepared:
     """Resolve every name, flag and file and the run's identity; raises before anything is written."""
     check_spec(spec)
@@ -153,7 +171,7 @@ def prepare(spec: RunSpec) -> Prepared:
     if getattr(method_cls, "oracle", False):
         raise ConfigError(f"--method {spec.method}: an oracle evaluation mode, not a training method; use `fmssl-bench oracle`")
     cls = dataset_class(spec.dataset)
-    protocol = load_protocol(spec.protocol or cls.default_protocol)
+    protocol = load_protocol(spec.protocol or default_protocol(method_cls, spec.dataset))
     if protocol.ndim != cls.ndim:
         raise ConfigError(f"--protocol {protocol.name}: a {protocol.ndim}D protocol; dataset {spec.dataset!r} is {cls.ndim}D")
     args = resolve_method_args(method_cls, protocol.method_args.get(spec.method, {}), spec.method_args, protocol.source)
@@ -167,6 +185,7 @@ def prepare(spec: RunSpec) -> Prepared:
     labeled = select_labeled(adapter, split, budget, spec.seed)
     chosen = set(labeled)
     unlabeled = [i for i in split.train if i not in chosen]
+    check_batch_split(protocol, method_cls, args, len(labeled))
     test = list(split.test)
     overrides = Overrides(spec.iterations, dict(spec.stage_iterations))
     identity = run_identity(

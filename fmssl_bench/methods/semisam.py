@@ -24,8 +24,9 @@ relative to the harness's MT they are about 4x smaller:
 Deviations from the paper, recorded in each run's provenance:
 - Generalist: the paper uses SAM-Med3D on 128^3 patches; SAM-Med3D weights are not available
   here, so 2D generalists run slice-wise along the last axis (LiteMedSAM by default: box prompts,
-  since it was trained on boxes only; MobileSAM/SAM also take points). The patch stays the
-  protocol's (112x112x80 for LA).
+  since it was trained on boxes only; MobileSAM/SAM also take points). On LA the default protocol
+  is the paper's ``semisam-la`` (128^3 patches for training and inference, 1 labeled + 3 unlabeled
+  per batch, largest component with 26-connectivity before scoring: ``paper_protocols``).
 - Prompts come from the student's prediction, never from ground truth. The public SemiSAM code
   derives prompt points from the labels of *unlabeled* cases, a label leak this harness does not
   reproduce.
@@ -137,6 +138,7 @@ class SemiSAM(FMAssistedTeacher):
     name = "semisam"
     description = "SemiSAM (001): Mean Teacher + generalist pseudo-labels from specialist prompts, ramp-down weight"
     paper_names = (("SemiSAM", "MT"),)
+    paper_protocols = {"la": "semisam-la"}
     arguments = {**TeacherStudent.arguments, **FM_ARGUMENTS,
                  "generalist": Arg("litemedsam", str, "the generalist (see `fmssl-bench list generalists`)"),
                  "loss_weights": Arg("code", Literal["code", "paper"],

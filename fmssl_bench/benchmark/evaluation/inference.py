@@ -58,13 +58,32 @@ def whole_image_probs(net: torch.nn.Module, image: np.ndarray, size: Sequence[in
     return probs[0].float().cpu().numpy()
 
 
-def largest_component(pred: np.ndarray) -> np.ndarray:
-    """Keep the largest connected component of each foreground class (UA-MT's optional LCC)."""
+def connectivity_structure(ndim: int, connectivity: int | None = None) -> np.ndarray:
+    """The neighbourhood of a connectivity given as a neighbour count (6/18/26 in 3D, 4/8 in 2D).
+
+    scipy's ``generate_binary_structure(ndim, rank)``: rank 1 = faces (6 / 4), rank 2 = faces and
+    edges (18 in 3D), rank ndim = every neighbour (26 / 8; scikit-image ``label``'s default, which
+    SemiSAM's ``getLargestCC`` uses). None = faces.
+    """
+    if connectivity is None:
+        return ndimage.generate_binary_structure(ndim, 1)
+    for rank in range(1, ndim + 1):
+        structure = ndimage.generate_binary_structure(ndim, rank)
+        if int(structure.sum()) - 1 == connectivity:
+            return structure
+    raise ValueError(f"connectivity {connectivity}: expected one of "
+                     f"{[int(ndimage.generate_binary_structure(ndim, r).sum()) - 1 for r in range(1, ndim + 1)]} in {ndim}D")
+
+
+def largest_component(pred: np.ndarray, connectivity: int | None = None) -> np.ndarray:
+    """Keep the largest connected component of each foreground class (UA-MT's optional LCC,
+    SemiSAM's ``getLargestCC``) under ``connectivity`` (see :func:`connectivity_structure`)."""
+    structure = connectivity_structure(pred.ndim, connectivity)
     out = np.zeros_like(pred)
     for label in np.unique(pred):
         if label == 0:
             continue
-        components, n = ndimage.label(pred == label)
+        components, n = ndimage.label(pred == label, structure=structure)
         if n == 0:
             continue
         sizes = np.bincount(components.ravel())
@@ -88,4 +107,5 @@ def predict(net: torch.nn.Module, image: np.ndarray, protocol: Protocol, device:
     else:
         probs = whole_image_probs(net, image, protocol.resize, device)
     pred = probs.argmax(0).astype(np.uint8)
-    return largest_component(pred) if cfg.largest_component else pred
+    connectivity = protocol.largest_component_connectivity()
+    return pred if connectivity is None else largest_component(pred, connectivity)

@@ -26,18 +26,24 @@ Definitions (``P`` = prediction mask, ``R`` = reference mask of one label):
 
 Empty masks (per label; ``D`` = the diagonal of the image extent ``sqrt(sum((shape_i * spacing_i)^2))``
 in the active units, strictly larger than any distance between two voxels of the image; ``W`` =
-``D`` under ``empty_policy="worst"`` and NaN under ``"nan"``):
+``D`` under ``empty_policy="worst"`` (the default), NaN under ``"nan"`` and 0 under ``"zero"``):
 
-| case             | dice | jaccard | sensitivity | hd95 | asd | empty_pred | empty_ref |
-|------------------|------|---------|-------------|------|-----|------------|-----------|
-| both empty       | 1    | 1       | NaN         | 0    | 0   | 1          | 1         |
-| prediction empty | 0    | 0       | 0           | W    | W   | 1          | 0         |
-| reference empty  | 0    | 0       | NaN         | W    | W   | 0          | 1         |
+| case             | dice | jaccard | sensitivity | hd95, hd | asd | empty_pred | empty_ref |
+|------------------|------|---------|-------------|----------|-----|------------|-----------|
+| both empty       | 1    | 1       | NaN         | 0        | 0   | 1          | 1         |
+| prediction empty | 0    | 0       | 0           | W        | W   | 1          | 0         |
+| reference empty  | 0    | 0       | NaN         | W        | W   | 0          | 1         |
 
-The policy changes only the ``W`` cells. The flags count NaN-excluded structures. A missed
-structure is never scored HD95 = 0. Sensitivity is NaN whenever the reference is empty because
+The policy changes only the ``W`` cells. The flags count NaN-excluded structures. ``zero`` is the
+convention of the UA-MT, SemiSAM and SFR test code (an empty prediction scores HD95 = ASD = 0, a
+missed structure then looks perfect on distances): it exists only to compare with those papers
+under their own convention, is never a default, and the leaderboard flags and counts every row
+that uses it. Sensitivity is NaN whenever the reference is empty because
 |P∩R| / |R| is 0/0 there (medpy returns 0.0); a hallucinated structure is already penalised by dice,
 jaccard and the distances. See docs/metrics.md for the reasoning and the other libraries' values.
+
+``hd`` (optional, ``hd="max"``): the full Hausdorff distance ``max(max d(P->R), max d(R->P))``,
+medpy's ``hd``; scored only when asked for, with the same empty-mask policy.
 
 Speed: distances use surface voxels only (2*ndim shifted ANDs), cropped to the joint bounding box
 of both masks plus a margin of 1. Per direction, nearby surface points are resolved by probing
@@ -67,7 +73,12 @@ METRICS = ("dice", "jaccard", "hd95", "asd", "sensitivity")
 FLAGS = ("empty_pred", "empty_ref")  # 0.0 / 1.0 next to the metrics in every result row
 HD95_MODES = ("medpy-pooled", "max-directional")
 ASD_MODES = ("directed", "symmetric")
-EMPTY_POLICIES = ("worst", "nan")
+EMPTY_POLICIES = ("worst", "nan", "zero")
+#: the paper-convention policy: never a default, flagged in every leaderboard row that uses it
+PAPER_EMPTY_POLICY = "zero"
+HD_MODES = ("off", "max")
+#: metrics computed only when a configuration asks for them (``hd``: the full Hausdorff distance)
+OPTIONAL_METRICS = ("hd",)
 #: Surface distances up to this many (smallest) voxel spacings are found by probing offsets.
 LOCAL_RADIUS = 4.0
 #: Cost of one k-d tree query in offset probes (measured ~200-600 on LA surfaces; low = favour the tree).
@@ -86,9 +97,12 @@ class MetricConfig:
     hd95: str = "medpy-pooled"
     asd: str = "directed"
     empty_policy: str = "worst"
+    hd: str = "off"
+    """``max``: also score the full (100th percentile) Hausdorff distance, medpy's ``hd``."""
 
     def __post_init__(self) -> None:
-        for name, valid in (("hd95", HD95_MODES), ("asd", ASD_MODES), ("empty_policy", EMPTY_POLICIES)):
+        for name, valid in (("hd95", HD95_MODES), ("asd", ASD_MODES), ("empty_policy", EMPTY_POLICIES),
+                            ("hd", HD_MODES)):
             if getattr(self, name) not in valid:
                 raise unknown_name(f"metrics.{name}", getattr(self, name), valid)
 
@@ -103,20 +117,32 @@ class MetricConfig:
         return cls(**data)
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        """The definitions; ``hd`` only when it is scored, so existing definitions keep their keys."""
+        data = asdict(self)
+        if self.hd == "off":
+            data.pop("hd")
+        return data
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metric names this configuration scores: :data:`METRICS` plus the optional ones asked for."""
+        return METRICS + (("hd",) if self.hd != "off" else ())
 
     def ids(self, spacing_aware: bool) -> dict[str, str]:
         """Versioned id per metric name; an id changes exactly when the numbers it names could."""
         unit = "mm" if spacing_aware else "voxel"
         empty = f";empty={self.empty_policy}"
         asd_name = "asd" if self.asd == "directed" else "assd"
-        return {
+        ids = {
             "dice": "dice",
             "jaccard": "jaccard",
             "hd95": f"hd95@{self.hd95}/{unit}{empty}",
             "asd": f"{asd_name}@{self.asd}/{unit}{empty}",
             "sensitivity": "sensitivity",
         }
+        if self.hd != "off":
+            ids["hd"] = f"hd@{self.hd}/{unit}{empty}"
+        return ids
 
     @classmethod
     def from_ids(cls, ids: Mapping[str, str]) -> tuple[MetricConfig, bool]:
@@ -128,8 +154,9 @@ class MetricConfig:
         (hd_mode, hd_unit, hd_empty), (asd_mode, asd_unit, asd_empty) = parts["hd95"], parts["asd"]
         if hd_unit != asd_unit or hd_empty != asd_empty:
             raise ConfigError(f"inconsistent metric ids: {dict(ids)!r}")
-        config = cls(hd95=hd_mode, asd=asd_mode, empty_policy=hd_empty)
-        if config.ids(hd_unit == "mm") != {key: ids.get(key) for key in METRICS}:
+        hd = _parse_distance_id(ids["hd"])[0] if "hd" in ids else "off"
+        config = cls(hd95=hd_mode, asd=asd_mode, empty_policy=hd_empty, hd=hd)
+        if config.ids(hd_unit == "mm") != {key: ids.get(key) for key in config.metrics}:
             raise ConfigError(f"not metric ids written by MetricConfig.ids: {dict(ids)!r}")
         return config, hd_unit == "mm"
 
@@ -306,13 +333,24 @@ def distance_metrics(
 ) -> dict[str, float]:
     """HD95 and ASD of one label (``n_pred``/``n_ref``: mask sizes, for the empty-mask cells)."""
     config = config or MetricConfig()
+    names = [m for m in config.metrics if m in ("hd95", "asd", "hd")]
     if n_pred == 0 and n_ref == 0:
-        return {"hd95": 0.0, "asd": 0.0}
+        return dict.fromkeys(names, 0.0)
     if n_pred == 0 or n_ref == 0:
-        value = image_diagonal(pmask.shape, scale) if config.empty_policy == "worst" else math.nan
-        return {"hd95": value, "asd": value}
+        return dict.fromkeys(names, empty_value(config.empty_policy, pmask.shape, scale))
     d_pr, d_rp = surface_distances(pmask, rmask, scale, kd_workers)
-    return {"hd95": hd95_from(d_pr, d_rp, config.hd95), "asd": asd_from(d_pr, d_rp, config.asd)}
+    out = {"hd95": hd95_from(d_pr, d_rp, config.hd95), "asd": asd_from(d_pr, d_rp, config.asd)}
+    if config.hd != "off":
+        out["hd"] = hd_from(d_pr, d_rp)
+    return out
+
+
+def empty_value(policy: str, shape: Sequence[int], scale: np.ndarray | None = None) -> float:
+    """A distance where exactly one mask is empty: ``worst`` = the image diagonal, ``nan`` = NaN,
+    ``zero`` = 0 (UA-MT/SemiSAM/SFR test code: ``if np.sum(prediction) == 0: (0, 0, 0, 0)``)."""
+    if policy == "worst":
+        return image_diagonal(shape, scale)
+    return math.nan if policy == "nan" else 0.0
 
 
 def image_diagonal(shape: Sequence[int], scale: np.ndarray | None = None) -> float:
@@ -326,6 +364,11 @@ def hd95_from(d_pr: np.ndarray, d_rp: np.ndarray, mode: str) -> float:
     if mode == "medpy-pooled":
         return float(np.percentile(np.concatenate((d_pr, d_rp)), 95))
     return float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95)))
+
+
+def hd_from(d_pr: np.ndarray, d_rp: np.ndarray) -> float:
+    """The full Hausdorff distance: the largest surface distance either way (medpy ``hd``)."""
+    return float(max(d_pr.max(), d_rp.max()))
 
 
 def asd_from(d_pr: np.ndarray, d_rp: np.ndarray, mode: str) -> float:

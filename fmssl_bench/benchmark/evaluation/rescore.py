@@ -51,7 +51,7 @@ from ..records.identity import RECORD_FORMAT, ids_digest
 from ..records.store import Record, atomic_write_bytes, atomic_write_json, environment, is_complete
 from ..splits import resolve_split
 from ..views import TestView
-from .metrics import ASD_MODES, EMPTY_POLICIES, HD95_MODES
+from .metrics import ASD_MODES, EMPTY_POLICIES, HD95_MODES, HD_MODES
 from .predictions import (SUFFIX, UnmatchedPredictionWarning, load_prediction_folder, prediction_path,
                           predictions_digest)
 from .scoring import metric_definitions, per_case_csv, score_predictions, summarise, write_per_case
@@ -61,7 +61,7 @@ EVALUATION_SUMMARY = "evaluation.json"
 UNITS = ("voxel", "mm")
 #: metric definition key -> valid values (the keys of a protocol's ``metrics:`` section)
 METRIC_CHOICES: dict[str, tuple[str, ...]] = {"hd95": HD95_MODES, "asd": ASD_MODES, "empty_policy": EMPTY_POLICIES,
-                                              "units": UNITS}
+                                              "units": UNITS, "hd": HD_MODES}
 #: what an outside method's name and label text may look like: they become folder names
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _LABELED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+% -]*")
@@ -75,7 +75,8 @@ Rows = list[dict[str, Any]]
 
 def metric_key(definitions: Mapping[str, str]) -> str:
     """Folder name of one set of metric definitions, e.g. ``hd95-medpy-pooled_asd-directed_empty-worst_voxel``."""
-    return f"hd95-{definitions['hd95']}_asd-{definitions['asd']}_empty-{definitions['empty_policy']}_{definitions['units']}"
+    key = f"hd95-{definitions['hd95']}_asd-{definitions['asd']}_empty-{definitions['empty_policy']}_{definitions['units']}"
+    return key + (f"_hd-{definitions['hd']}" if definitions.get("hd", "off") != "off" else "")
 
 
 def with_metrics(protocol: Protocol, overrides: Mapping[str, Any] | None = None, workers: int | None = None) -> Protocol:
@@ -298,6 +299,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--asd", choices=ASD_MODES, help="RUN_DIR: ASD definition (default: the run's)")
     p.add_argument("--empty-policy", choices=EMPTY_POLICIES, help="RUN_DIR: distance for an empty mask (default: the run's)")
     p.add_argument("--units", choices=UNITS, help="RUN_DIR: distances in voxels or mm (default: the run's)")
+    p.add_argument("--hd", choices=HD_MODES, help="RUN_DIR: also score the full Hausdorff distance (max; default: the run's)")
     p.add_argument("--dataset", help="--predictions: dataset name (see `fmssl-bench list datasets`)")
     p.add_argument("--name", help="--predictions: the outside method's name on the leaderboard")
     p.add_argument("--labeled", help="--predictions: label budget text for the leaderboard (default 'external')")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .inference import predict
-from .metrics import METRICS, MetricConfig, evaluate_many
+from .metrics import METRICS, OPTIONAL_METRICS, MetricConfig, evaluate_many
 from .predictions import save_prediction
 from ..protocol import Protocol
 from ..records.store import atomic_write_text
@@ -38,22 +38,35 @@ def metric_settings(protocol: Protocol) -> tuple[MetricConfig, bool]:
 
 
 def metric_definitions(protocol: Protocol) -> dict[str, str]:
-    """The protocol's metric definitions with every default filled in (hd95, asd, empty_policy, units)."""
+    """The protocol's metric definitions with every default filled in (hd95, asd, empty_policy, units; hd when scored)."""
     config, spacing_aware = metric_settings(protocol)
     return {**config.to_dict(), "units": "mm" if spacing_aware else "voxel"}
+
+
+def metric_ids(protocol: Protocol) -> dict[str, str]:
+    """The versioned id of every metric a run under ``protocol`` writes: the metric definitions'
+    ids (:meth:`MetricConfig.ids`), each suffixed ``;lcc=<connectivity>`` when the protocol keeps only
+    the largest connected component before scoring (the numbers then describe post-processed
+    predictions, Dice included)."""
+    config, spacing_aware = metric_settings(protocol)
+    ids = config.ids(spacing_aware)
+    connectivity = protocol.largest_component_connectivity()
+    if connectivity is None:
+        return ids
+    return {name: f"{metric_id};lcc={connectivity}" for name, metric_id in ids.items()}
 
 
 def score_predictions(items: list[tuple[str, np.ndarray, np.ndarray, Any]], classes: tuple[str, ...],
                       protocol: Protocol) -> list[dict[str, Any]]:
     """Tidy rows (case, class, metric, metric_id, value) for ``(case, pred, ref, spacing)`` items."""
     config, spacing_aware = metric_settings(protocol)
-    ids = config.ids(spacing_aware)
+    ids = metric_ids(protocol)
     labels = list(range(1, len(classes)))
     items = [(c, p, r, s if spacing_aware else None) for c, p, r, s in items]
     rows = []
     for result in evaluate_many(items, labels=labels, config=config, workers=protocol.eval_workers):
         for label, values in result["results"].items():
-            for metric in (*METRICS, "empty_pred", "empty_ref"):
+            for metric in (*config.metrics, "empty_pred", "empty_ref"):
                 rows.append({"case": result["case"], "class": classes[label], "metric": metric,
                              "metric_id": ids.get(metric, metric), "value": float(values[metric])})
     return rows
@@ -105,20 +118,22 @@ def summarise(rows: list[dict[str, Any]], config: dict[str, Any], **extra: Any) 
     metric_ids = {}
     for r in rows:
         by_class.setdefault(r["class"], {}).setdefault(r["metric"], []).append(r["value"])
-        if r["metric"] in METRICS:
+        if r["metric"] in METRICS + OPTIONAL_METRICS:
             per_case.setdefault((r["case"], r["metric"]), []).append(r["value"])
             metric_ids[r["metric"]] = r["metric_id"]
-    classes = {c: {m: _stats(v) for m, v in ms.items() if m in METRICS} for c, ms in by_class.items()}
+    classes = {c: {m: _stats(v) for m, v in ms.items() if m in METRICS + OPTIONAL_METRICS} for c, ms in by_class.items()}
     mean_rows: dict[str, list[float]] = {}
     for (_, metric), values in per_case.items():
         finite = [v for v in values if not math.isnan(v)]
         mean_rows.setdefault(metric, []).append(float(np.mean(finite)) if finite else float("nan"))
     classes["mean"] = {m: _stats(v) for m, v in mean_rows.items()}
     empty = {c: int(sum(ms.get("empty_pred", []))) for c, ms in by_class.items()}
+    empty_ref = {c: int(sum(ms.get("empty_ref", []))) for c, ms in by_class.items()}
     return {
         **{k: config[k] for k in ("method", "dataset", "labeled", "seed", "protocol")},
         **extra,
         "metric_ids": metric_ids,
         "classes": classes,
         "empty_predictions": empty,
+        "empty_references": empty_ref,
     }

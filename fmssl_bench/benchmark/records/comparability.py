@@ -7,7 +7,10 @@ the same data set, method and labeled count:
 - the unlabeled count, where the paper prints one (a method that uses no unlabeled data counts
   0, as the papers' "16 / 0" lower bounds do);
 - the train pool (labeled + unlabeled) and the test-set size against :data:`PAPER_SETTINGS`;
-- the metric definitions (``metric_ids``) against those of the reference protocol;
+- the metric definitions (``metric_ids``) against those of the reference protocol under the
+  paper's own empty-mask convention (:attr:`PaperSetting.empty_policy`: UA-MT, SemiSAM and SFR
+  score an empty prediction HD95 = ASD = 0); a row under another policy is compared only when it
+  recorded no one-sided empty mask, where the policy cannot have changed a number;
 - every result-determining protocol field (:func:`.identity.result_fields`) against the reference
   protocol with the paper's own departures from it (:attr:`PaperSetting.changes`) applied;
 - no ``--iterations`` / stage overrides, no data-set options, and method arguments equal to the
@@ -15,9 +18,10 @@ the same data set, method and labeled count:
 
 Each failed check is one short reason (``train pool 30 ≠ 80``, ``train.iterations 24 ≠ 6000``);
 no reason means comparable. Oracle rows (prompts from the test reference) and outside predictions
-are never comparable: the papers' zero-shot rows use prompt recipes and model variants (SAM with
-N points per slice, SAM-Med3D with iterative clicks, SAM 2 clicks) that the oracle does not
-reproduce, and outside predictions carry no training record to check.
+are never comparable: the oracle follows the papers' zero-shot prompt recipes (SAM with k points
+per slice, corrective clicks with mask feedback, key-frame clicks with propagation; its modes name
+their tables, :mod:`..oracle_modes`) but with the generalists available here, not the tables' SAM,
+SAM-Med3D or SAM 2 weights; outside predictions carry no training record to check.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ PAPER_DATASETS: dict[str, str] = {
     "la": "LA", "brats2019": "BraTS2019", "kvasir": "Kvasir", "cvc-clinicdb": "CVC-ClinicDB",
     "isic": "ISIC 2018", "busi": "BUSI",
 }
+#: protocol fields compared through the metric ids instead (:func:`_metric_reasons`: the empty policy
+#: matters only where a mask was empty)
+METRIC_RULED_FIELDS = frozenset({"metrics.empty_policy"})
 #: a declaration, not a result-determining field (being removed from the protocols)
 DECLARED_FIELDS = frozenset({"paper_comparable"})
 
@@ -46,14 +53,17 @@ class PaperSetting:
 
     ``changes`` are flattened protocol fields where the paper departs from its reference
     protocol; ``method_args`` are, per harness method, the arguments the paper's method
-    corresponds to (others must stay at the method's defaults). A non-empty ``unknown`` says why
-    the setting cannot be pinned down from the paper: its numbers are then never comparable.
+    corresponds to (others must stay at the method's defaults). ``empty_policy`` is how the
+    paper's evaluation code scores a one-sided empty mask (``zero``: the UA-MT family's
+    ``if np.sum(prediction) == 0: (0, 0, 0, 0)``). A non-empty ``unknown`` says why the setting
+    cannot be pinned down from the paper: its numbers are then never comparable.
     """
 
     protocol: str
     train_pool: int | None
     n_test: int | None
     changes: Mapping[str, Any] = field(default_factory=dict)
+    empty_policy: str = "worst"
     method_args: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     unknown: str = ""
     source: str = ""
@@ -62,19 +72,20 @@ class PaperSetting:
 #: keyed by (paper, paper data set) or, for a table with its own setting, (paper, data set, table)
 PAPER_SETTINGS: dict[tuple[str, ...], PaperSetting] = {
     ("001", "LA"): PaperSetting(
-        "la", 80, 20,
-        changes={"train.patch": [128, 128, 128], "inference.patch": [128, 128, 128]},
+        "semisam-la", 80, 20, empty_policy="zero",
         method_args={"semisam": {"generalist": "sam-med3d"}},
         source="seed 001 line 64: UA-MT split 80/20 and schedule, 'patch size changed from 112x112x80 to "
-               "128x128x128'; SAM-Med3D as generalist; inference patch 128^3, stride 18/4 in the public "
-               "code (code/test_LA.py)",
+               "128x128x128'; SAM-Med3D as generalist; YichiZhang98/SemiSAM code/train_LA_semisam_mt.py "
+               "(batch 4, labeled_bs 1) and code/test_util.py (sliding window 128^3 stride 18/4, getLargestCC, "
+               "an empty prediction scores (0, 0, 0, 0)): protocol semisam-la",
     ),
     ("002", "LA"): PaperSetting(
-        "la", 80, 20,
-        source="seed 002 Sec. IV-A/B: UA-MT split and training strategy [17], [20]; patch 112x112x80 (src line 372)",
+        "la", 80, 20, empty_policy="zero",
+        source="seed 002 Sec. IV-A/B: UA-MT split and training strategy [17], [20]; patch 112x112x80 (src line 372); "
+               "ShumengLI/SFR code/test_util_singleclass.py scores an empty prediction 0 (UA-MT's convention)",
     ),
     ("002", "LA", "VI"): PaperSetting(
-        "la", 80, 20,
+        "la", 80, 20, empty_policy="zero",
         unknown="002 Table VI uses 96³ patches with LA interpolated to 96 slices",
         source="seed 002 src lines 375-420",
     ),
@@ -157,7 +168,7 @@ def _reasons(row: Mapping[str, Any], paper_row: Mapping[str, str], setting: Pape
     identity = row["row_identity"]
     return [
         *_count_reasons(row, paper_row, setting),
-        *_metric_reasons(row.get("metric_ids") or {}, setting.protocol),
+        *_metric_reasons(row.get("metric_ids") or {}, setting, row.get("empty_masks")),
         *_protocol_reasons(identity.get("protocol") or {}, setting, _stages_of(row, identity)),
         *_override_reasons(identity),
         *_method_reasons(row, identity, setting),
@@ -191,16 +202,56 @@ def _count_reasons(row: Mapping[str, Any], paper_row: Mapping[str, str], setting
     return reasons
 
 
-def _metric_reasons(metric_ids: Mapping[str, str], protocol: str) -> list[str]:
-    expected = reference_metric_ids(protocol)
-    return [f"{m} {metric_ids.get(m)} ≠ {expected[m]}" for m in METRICS if metric_ids.get(m) != expected[m]]
+def _metric_reasons(metric_ids: Mapping[str, str], setting: PaperSetting, empty_masks: int | None) -> list[str]:
+    """Metric definitions that differ from the paper's: its reference protocol's, under its empty policy.
+
+    Only the definitions are compared here (the ``;lcc=`` post-processing part of an id is a
+    protocol field, compared with the others). ``empty_masks``: one-sided empty masks the row
+    recorded (None: unknown); with none, the empty policy cannot have changed any number, so the
+    paper's policy is not asked of the row.
+    """
+    expected = paper_metric_ids(setting)
+    reasons = []
+    for m in METRICS:
+        got = metric_ids.get(m)
+        got_def = None if got is None else _definition(got)
+        want = _definition(expected[m])
+        if empty_masks == 0 and got_def is not None:
+            want = _with_policy(want, _policy(got_def))
+        if got_def != want:
+            count = (f" ({empty_masks} empty mask(s))" if empty_masks and got_def is not None
+                     and _with_policy(got_def, "") == _with_policy(want, "") else "")
+            reasons.append(f"{m} {got_def} ≠ {want}{count}")
+    return reasons
+
+
+def _definition(metric_id: str) -> str:
+    """A metric id without its post-processing part (``;lcc=26``)."""
+    return ";".join(part for part in metric_id.split(";") if not part.startswith("lcc="))
+
+
+def _policy(metric_id: str) -> str | None:
+    return next((part[len("empty="):] for part in metric_id.split(";") if part.startswith("empty=")), None)
+
+
+def _with_policy(metric_id: str, policy: str | None) -> str:
+    """``metric_id`` with its ``;empty=`` part set to ``policy`` (ids without one are left as they are)."""
+    if policy is None:
+        return metric_id
+    return ";".join(f"empty={policy}" if part.startswith("empty=") else part for part in metric_id.split(";"))
+
+
+def paper_metric_ids(setting: PaperSetting) -> dict[str, str]:
+    """The metric ids the paper's numbers correspond to: its reference protocol's, under its empty policy."""
+    return {m: _with_policy(i, setting.empty_policy) for m, i in reference_metric_ids(setting.protocol).items()}
 
 
 def _protocol_reasons(protocol: Mapping[str, Any], setting: PaperSetting, stages: Sequence[str] | None) -> list[str]:
     expected = {**reference_fields(setting.protocol), **setting.changes}
     if stages is not None:  # a record's identity holds the stages: sections of its method's stages only
         expected = {k: v for k, v in expected.items() if not k.startswith("stages.") or k.split(".")[1] in stages}
-    return differing_fields(comparable_fields(protocol), expected)
+    actual = {k: v for k, v in comparable_fields(protocol).items() if k not in METRIC_RULED_FIELDS}
+    return differing_fields(actual, {k: v for k, v in expected.items() if k not in METRIC_RULED_FIELDS})
 
 
 def _stages_of(row: Mapping[str, Any], identity: Mapping[str, Any]) -> tuple[str, ...] | None:
@@ -267,11 +318,10 @@ def comparable_fields(protocol: Mapping[str, Any]) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def _reference(protocol: str) -> tuple[dict[str, Any], dict[str, str]]:
-    from ..evaluation.scoring import metric_settings  # the evaluator's own reading of ``metrics``
+    from ..evaluation.scoring import metric_ids  # the evaluator's own ids (definitions + post-processing)
 
     loaded = load_protocol(protocol)
-    config, spacing_aware = metric_settings(loaded)
-    return comparable_fields(result_fields(loaded.to_dict())), config.ids(spacing_aware)
+    return comparable_fields(result_fields(loaded.to_dict())), metric_ids(loaded)
 
 
 def reference_fields(protocol: str) -> dict[str, Any]:
@@ -306,16 +356,23 @@ def uses_unlabeled(method: str) -> bool:
 
 
 def describe(comparisons: list[Comparison]) -> str:
-    """The leaderboard's paper cell: the comparable values, else ``not comparable: <reasons>``.
+    """The leaderboard's paper cell: the comparable values, then why each other candidate is not.
 
-    Reasons shared by every candidate are listed once; a reason of only some candidates is
-    prefixed with the tables it applies to (``001 I, 001 II: train.patch …``). Candidates whose
-    paper setting is unknown are left out when others are known: only the known ones say what a
-    run would have to change.
+    With comparable values: ``88.12 (002 I); not comparable: 87.47 (002 VI): <reasons>``, so a row
+    says which paper rows it may be set beside and why not the others. Without: ``not comparable:
+    <reasons>``, where reasons shared by every candidate are listed once and a reason of only some
+    candidates is prefixed with the tables it applies to (``001 I, 001 II: train.patch …``);
+    candidates whose paper setting is unknown are left out when others are known: only the known
+    ones say what a run would have to change.
     """
     hits = [c.text for c in comparisons if c.comparable]
     if hits:
-        return "; ".join(dict.fromkeys(hits))
+        others = {}
+        for c in comparisons:
+            if not c.comparable:
+                others.setdefault(c.text, "; ".join(c.reasons))
+        tail = "; ".join(f"{text}: {why}" for text, why in others.items())
+        return "; ".join(dict.fromkeys(hits)) + (f"; not comparable: {tail}" if tail else "")
     if not comparisons:
         return ""
     comparisons = [c for c in comparisons if c.setting_known] or comparisons

@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover - Python 3.10
     from importlib.abc import Traversable
 
 from ...errors import FmsslError
-from ..evaluation.metrics import METRICS
+from ..evaluation.metrics import METRICS, PAPER_EMPTY_POLICY
 from .comparability import (PAPER_DATASETS, compare, describe, format_value, method_defaults,
                             paper_candidates, paper_text, reference_fields)
 from .identity import flatten
@@ -261,18 +261,43 @@ def _counts(s: Mapping[str, Any]) -> dict[str, Any]:
     return {k: s.get(k, split.get(k)) for k in ("n_labeled", "n_unlabeled", "n_test")}
 
 
+ZERO_POLICY_TEXT = "HD95 0 for empty predictions, as in UA-MT"
+
+
+def _empty_masks(runs: list[dict[str, Any]]) -> int:
+    """One-sided empty masks over the row's seeds: empty predictions plus empty references.
+
+    Records written before ``empty_references`` was recorded count their empty predictions only
+    (the LA and Kvasir test sets have no empty reference mask)."""
+    return sum(sum((r.get(key) or {}).values()) for r in runs for key in ("empty_predictions", "empty_references"))
+
+
+def uses_zero_policy(metric_ids: Mapping[str, str]) -> bool:
+    """Whether a record's distances score an empty prediction 0 (``empty_policy: zero``)."""
+    return any(f";empty={PAPER_EMPTY_POLICY}" in str(i) for i in metric_ids.values())
+
+
+def _oracle_note(s: Mapping[str, Any]) -> str:
+    """An oracle row's paper cell: the zero-shot table whose recipe it follows (never comparable:
+    prompts come from the test reference and the generalist is not the table's model)."""
+    recipe = s.get("oracle_recipe") if s.get("oracle") else None
+    return f"recipe of {recipe} (oracle, not comparable)" if recipe else ""
+
+
 def _row(runs: list[dict[str, Any]], args: str, papers: list[dict[str, str]]) -> dict[str, Any]:
     """A table row; keys starting with ``_`` are for the statistics and the HTML page, not the CSV."""
     first = runs[0]
-    comparisons = compare({**first, **_counts(first)}, papers)
+    comparisons = compare({**first, **_counts(first), "empty_masks": _empty_masks(runs)}, papers)
+    zero = uses_zero_policy(first.get("metric_ids") or {})
     protocols = "/".join(sorted({str(r.get("protocol", "")) for r in runs}))
     row: dict[str, Any] = {
         "dataset": first["dataset"], "protocol": protocols, "method": first["method"], "labeled": str(first["labeled"]),
         "args": args, "seeds": len({r.get("seed") for r in runs}), **_counts(first), **_metric_columns(runs),
         "empty_pred": sum(sum((r.get("empty_predictions") or {}).values()) for r in runs),
+        "empty_policy_zero": zero,
         "oracle": any(r.get("oracle") for r in runs), "external": any(r.get("external") for r in runs),
         "metric_ids": " ".join(sorted(set((first.get("metric_ids") or {}).values()) - PERCENT)),
-        "paper_dice": describe(comparisons),
+        "paper_dice": describe(comparisons) or _oracle_note(first),
         "row_key": first.get("row_key", ""),
         "_comparisons": comparisons, "_baseline_keys": baseline_keys(first),
         "_records": [(r.get("seed"), record_dir(r)) for r in runs],
@@ -346,8 +371,9 @@ def display_rows(table: list[dict[str, Any]]) -> list[list[Any]]:
         metrics = [_fmt(r, m) for m in METRICS]
         if stat:
             metrics.insert(METRICS.index("dice") + 1, r.get("vs_supervised", ""))
+        empty = f"{r['empty_pred']} ({ZERO_POLICY_TEXT})" if r.get("empty_policy_zero") else r["empty_pred"]
         rows.append([r["dataset"], r["protocol"], method, r["labeled"], r["args"], _split_text(r), r["seeds"],
-                     *metrics, r["empty_pred"], r["paper_dice"]])
+                     *metrics, empty, r["paper_dice"]])
     return rows
 
 
@@ -364,6 +390,11 @@ def render(table: list[dict[str, Any]], fmt: str = "md") -> str:
         return f"<!doctype html><meta charset='utf-8'><title>fmssl-bench leaderboard</title>{body}{note}\n"
     text = tabulate(rows, headers=cols, tablefmt="github" if fmt == "md" else "simple")
     legend = f"\n\n{LEGEND}" + (f"; distances in the units of the ids: {'; '.join(ids)}" if ids else "")
+    zero = sum(1 for r in table if r.get("empty_policy_zero"))
+    if zero:
+        legend += (f"\n\n{zero} row(s) score an empty prediction HD95 = ASD = 0 (empty_policy zero, the UA-MT / "
+                   "SemiSAM / SFR test code's convention, for comparison with those papers only): their empty pred "
+                   "cell says so and counts the predictions scored 0")
     legend += "".join(f"\n\n{t}" for t in stat_legend)
     return text + (legend if table else "") + "\n"
 

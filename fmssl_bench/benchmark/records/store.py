@@ -320,5 +320,17 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "packages": versions,
         "device": device,
+        "hardware": hardware(),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def hardware() -> dict[str, Any]:
+    """The machine a record was computed on (GPU model, memory and CUDA where there is one), for
+    comparing timings and for results that agree across devices only to floating-point tolerance."""
+    info: dict[str, Any] = {"cpu_cores": os.cpu_count(), "machine": platform.machine()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), gpu_count=torch.cuda.device_count(),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return info

@@ -6,7 +6,9 @@ the batches an uninterrupted run would have drawn, without saving sampler state.
 - Two streams (UA-MT's ``TwoStreamBatchSampler``): the labeled stream walks through per-epoch
   permutations of the labeled cases, the unlabeled stream through permutations of the unlabeled
   ones, ``labeled_bs`` and ``batch_size - labeled_bs`` cases per batch. Unlike UA-MT the streams are
-  treated as endless (no dropped remainder), so a budget smaller than ``labeled_bs`` still works.
+  treated as endless (no dropped remainder; at an epoch boundary a batch may hold one case twice);
+  with fewer labeled cases than ``labeled_bs`` the protocol's ``train.short_labeled`` decides
+  (:func:`.batches.batch_split`).
 - ``rot_flip``: random ``rot90`` (k in 0..3) in the first two spatial axes, then a flip along one of
   them (UA-MT ``RandomRotFlip``).
 - ``random_crop``: UA-MT ``RandomCrop``: zero-pad by ``(patch - size) // 2 + 3`` where a side is not

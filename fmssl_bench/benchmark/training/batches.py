@@ -17,9 +17,48 @@ import numpy as np
 import torch
 
 from ...api import Batch
+from ...errors import ConfigError
 from ..protocol import TrainConfig
 from ..views import LabeledView, UnlabeledView
 from .augment import augment, stream_indices
+
+
+def batch_split(config: TrainConfig, n_labeled: int, uses_unlabeled: bool = True) -> tuple[int, int, str]:
+    """(labeled, unlabeled) cases per batch for ``n_labeled`` labeled cases, and a note ('' when the
+    protocol's split is used as written).
+
+    UA-MT's ``TwoStreamBatchSampler`` (``code/dataloaders/la_heart.py``) groups one permutation of
+    the labeled cases into chunks of ``labeled_bs`` and drops the remainder, and asserts
+    ``len(labeled) >= labeled_bs``: with fewer labeled cases it refuses to run. SFR's code keeps
+    labeled_bs 2 and still reports 1-labeled LA rows (002 Table VII), so the reference code gives
+    no single rule and the protocol states one (``train.short_labeled``):
+
+    - ``repeat``: the batch keeps ``labeled_bs`` labeled slots; the endless labeled stream fills
+      them with the same case(s) again, each independently augmented;
+    - ``shrink``: ``labeled_bs`` becomes ``n_labeled`` and the freed slots take unlabeled cases
+      (at 1 labeled case and batch 4: 1 + 3, the split SemiSAM's ``train_LA_semisam_mt.py`` uses);
+    - ``refuse``: a :class:`~fmssl_bench.errors.ConfigError` (the runner checks it before a record begins);
+    - unset: ``repeat``, and the note says so (printed when the stage starts).
+
+    A method that uses no unlabeled data fills the whole batch with labeled cases (repeating them
+    when there are fewer), as UA-MT's supervised baseline does.
+    """
+    if not uses_unlabeled:
+        return config.batch_size, 0, ""
+    labeled_bs, unlabeled_bs = config.labeled_bs, config.batch_size - config.labeled_bs
+    if n_labeled >= labeled_bs:
+        return labeled_bs, unlabeled_bs, ""
+    rule = config.short_labeled
+    if rule == "shrink":
+        return n_labeled, config.batch_size - n_labeled, ""
+    if rule == "refuse":
+        raise ConfigError(f"train.labeled_bs {labeled_bs} > {n_labeled} labeled case(s) and train.short_labeled is "
+                          "refuse; expected at least labeled_bs labeled cases (or short_labeled: repeat | shrink)")
+    if rule is None:
+        return labeled_bs, unlabeled_bs, (f"labeled_bs {labeled_bs} > {n_labeled} labeled case(s): each batch repeats "
+                                          f"labeled cases (train.short_labeled unset: repeat; the protocol may say "
+                                          f"repeat, shrink or refuse)")
+    return labeled_bs, unlabeled_bs, ""
 
 
 def stage_key(stage: str) -> int:

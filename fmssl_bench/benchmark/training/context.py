@@ -19,8 +19,8 @@ from ...methods.nets import build_net
 from ..protocol import Protocol, TrainConfig
 from ..views import LabeledView, UnlabeledView
 from .artifacts import ArtifactStore
-from .batches import TwoStreamPatches
-from .loop import StageState, run_stage
+from .batches import TwoStreamPatches, batch_split
+from .loop import StageState, run_stage, say
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...api import Method
@@ -100,10 +100,12 @@ class RunContext:
         supervised baseline does (``train_LA.py``: batch 4, all labeled), so the lower bound is
         not starved of gradient signal relative to the semi-supervised methods it is compared to.
         """
+        n_labeled, n_unlabeled, note = batch_split(config, len(labeled), uses_unlabeled)
+        if note:
+            say(f"note: {note}")
         if not uses_unlabeled:
-            return TwoStreamPatches(labeled, None, config, config.batch_size, 0, self.device)
-        return TwoStreamPatches(labeled, unlabeled, config, config.labeled_bs, config.batch_size - config.labeled_bs,
-                                self.device)
+            return TwoStreamPatches(labeled, None, config, n_labeled, 0, self.device)
+        return TwoStreamPatches(labeled, unlabeled, config, n_labeled, n_unlabeled, self.device)
 
     def train(self, method: "Method", stage: str = "train", *, iterations: int | None = None,
               labeled: LabeledView | None = None, unlabeled: UnlabeledView | None = None,
