@@ -41,12 +41,13 @@ from torch import nn
 from ..api import Arg, Method
 from ..benchmark.views import LabeledView, UnlabeledView
 from ..errors import ConfigError
+from .composition import ComposedMethod
 from .proposal_matching import optimal_matching
-from .registry import component_args, method_class, method_names, register_method
+from .registry import method_class, method_names, register_method
 
 
 @register_method
-class SamDSK(Method):
+class SamDSK(ComposedMethod):
     name = "samdsk"
     description = ("SamDSK (seed 003): SAM automatic proposals matched to the specialist's maps under RoI-count "
                    "constraints; images with beta > 0.9 join the labeled set, over rounds")
@@ -91,10 +92,6 @@ class SamDSK(Method):
         return base_cls
 
     @classmethod
-    def components(cls, args: dict[str, Any]) -> tuple[str, ...]:
-        return (args["base"],)
-
-    @classmethod
     def stages_used(cls, args: dict[str, Any]) -> tuple[str, ...]:
         return ("train", *(f"round{r}" for r in range(1, args["rounds"] + 1)))
 
@@ -112,43 +109,11 @@ class SamDSK(Method):
                               "point-prompt SAM with SAM's input recipe (mobilesam, sam_vit_b, sam_vit_l, sam_vit_h)")
         return [(name, None)]
 
-    @classmethod
-    def check(cls, args, protocol) -> None:
-        super().check(args, protocol)
-        base_cls = cls.base_class(args)
-        base_cls.check(component_args(base_cls, protocol), protocol)
-        cls.generalists_used(args)
-
-    # -- set-up and delegation to the base recipe --------------------------------------------------
+    # -- set-up (the loop's hooks are the base's: ComposedMethod) ---------------------------------------
     def setup(self) -> None:
-        base_cls = self.base_class(self.args)
-        self.base_args = component_args(base_cls, self.ctx.protocol)
-        self.base = base_cls(self.ctx, **self.base_args)
-        self.base.setup()
-        self.student = self.base.student
+        self.build_base()
         self.facts: dict[str, Any] = {"rounds": []}
         self.proposals = None
-
-    def training_step(self, batch, iteration):
-        return self.base.training_step(batch, iteration)
-
-    def after_step(self, iteration: int) -> None:
-        self.base.after_step(iteration)
-
-    def modules(self) -> dict[str, nn.Module]:
-        return self.base.modules()
-
-    def trainable(self) -> list[nn.Parameter]:
-        return self.base.trainable()
-
-    def state(self) -> dict[str, Any] | None:
-        return self.base.state()
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.base.load_state(state)
-
-    def predictor(self) -> nn.Module:
-        return self.base.predictor()
 
     # -- the rounds ---------------------------------------------------------------------------------
     def bounds(self, round_index: int) -> tuple[list[int], list[int]]:

@@ -50,15 +50,16 @@ from ..api import Arg, Batch, Method, StepOutput
 from ..benchmark.protocol import InferenceConfig
 from ..benchmark.views import LabeledView
 from ..errors import ConfigError
+from .composition import ComposedMethod
 from .losses import supervised_loss
-from .registry import component_args, method_class, method_names, register_method
+from .registry import method_class, method_names, register_method
 
 #: the public SFR code's fine-tuning (ShumengLI/SFR), named where a protocol lacks ``stages.finetune``
 PUBLIC_FINETUNE = "AdamW lr 1e-3, weight decay 0.1, poly schedule, batch 2, 6000 iterations"
 
 
 @register_method
-class SFR(Method):
+class SFR(ComposedMethod):
     name = "sfr"
     description = ("SFR (Li et al., seed 002): stitched slices fine-tune SAM with LoRA; a base SSL method "
                    "re-trains on its pseudo-labels")
@@ -102,10 +103,6 @@ class SFR(Method):
         return base_cls
 
     @classmethod
-    def components(cls, args: dict[str, Any]) -> tuple[str, ...]:
-        return (args["base"],)
-
-    @classmethod
     def stages_used(cls, args: dict[str, Any]) -> tuple[str, ...]:
         return ("finetune", "train")
 
@@ -124,9 +121,6 @@ class SFR(Method):
     @classmethod
     def check(cls, args, protocol) -> None:
         super().check(args, protocol)
-        base_cls = cls.base_class(args)
-        base_cls.check(component_args(base_cls, protocol), protocol)
-        cls.generalists_used(args)
         if "finetune" not in protocol.stages:
             raise ConfigError(f"{protocol.where}: no stages.finetune section; {cls.name} fine-tunes SAM with its own "
                               f"optimiser and length there (public SFR code: {PUBLIC_FINETUNE})")
@@ -136,11 +130,7 @@ class SFR(Method):
         from ..foundation import SamGeneralist, make_trainable
         from ..foundation.stitching import StitchedSegmenter
 
-        base_cls = self.base_class(self.args)
-        self.base_args = component_args(base_cls, self.ctx.protocol)
-        self.base = base_cls(self.ctx, **self.base_args)
-        self.base.setup()
-        self.student = self.base.student
+        self.build_base()
         fm = self.ctx.generalist(self.args["generalist"])
         if not isinstance(fm, SamGeneralist):
             raise ConfigError(f"--method-arg generalist={self.args['generalist']}: not a SAM-family generalist")
@@ -150,24 +140,6 @@ class SFR(Method):
         self.targets: dict[str, np.ndarray] = {}
         self.index = {case_id: i for i, case_id in enumerate(self.ctx.unlabeled.ids)}
         self.facts: dict[str, Any] = {}
-
-    def modules(self) -> dict[str, nn.Module]:
-        return self.base.modules()
-
-    def trainable(self) -> list[nn.Parameter]:
-        return self.base.trainable()
-
-    def after_step(self, iteration: int) -> None:
-        self.base.after_step(iteration)
-
-    def state(self) -> dict[str, Any] | None:
-        return self.base.state()
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.base.load_state(state)
-
-    def predictor(self) -> nn.Module:
-        return self.base.predictor()
 
     # -- the stages -------------------------------------------------------------------------------
     def fit(self) -> nn.Module:
