@@ -29,7 +29,7 @@ def test_eq1_variance_is_the_population_variance_of_the_passes():
     mean, variance = pass_moments(iter(passes))
     np.testing.assert_allclose(mean, [[0.5, 0.5]])
     np.testing.assert_allclose(variance, [[0.25, 0.09]], atol=1e-7)  # 1/N, not 1/(N-1)
-    np.testing.assert_allclose(confidence(variance), [[0.0, 1 - 0.09 / 0.25]], atol=1e-6)
+    np.testing.assert_allclose(confidence(variance), [[0.75, 0.91]], atol=1e-6)  # C = 1 - U
 
 
 def test_key_frame_is_the_most_confident_slice_of_each_block_of_three():
@@ -60,7 +60,7 @@ def test_accumulated_mask_forgets_an_early_error():
 
 
 def test_label_confidence_needs_both_a_prediction_and_agreement():
-    mean = np.array([[0.1, 0.9, 0.9]]).repeat(2, 0)  # (K=2, 3 voxels)
+    mean = np.array([[0.1, 0.9, 0.6]]).repeat(2, 0)  # (K=2, 3 voxels)
     mean[0] = 1 - mean[1]
     variance = np.array([[0.0, 0.0, 0.2]]).repeat(2, 0)
     conf = label_confidence(mean, variance)

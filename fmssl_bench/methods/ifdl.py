@@ -31,9 +31,9 @@ Choices the paper leaves open (also in ``deviations``, recorded with every run):
 - N = ``mc_passes`` = 8 (UA-MT's T); the dropout is the protocol network's (VNet: Dropout3d p 0.5
   at the bottleneck and before the head; MONAI UNet: p 0.1); 3D network (the protocol's: VNet for
   the LA protocols, a 3D UNet with ``net.name: unet3d``), no input noise in the MC passes.
-- U is normalised by 0.25 (the largest variance of values in [0, 1]); Eq. 2 sums the class-mean
-  confidence; Eq. 4 thresholds the accumulated *label* confidence mu_l (1 - U_l / 0.25) (a literal
-  1 - U is >= 0.75 everywhere): see :mod:`.ifdl_uam`.
+- C = 1 - U with U not normalised (normalising changes no key frame and left no mask: see
+  :mod:`.ifdl_uam`); Eq. 2 sums the class-mean confidence; Eq. 4 thresholds the accumulated
+  *label* confidence mu_l (1 - U_l) (a literal 1 - U is >= 0.75 everywhere).
 - "Prompts for every connective area": connected components in 3D (one tracked object each); an
   object whose key-frame cross-section has several 2D pieces gets one box around them all, or one
   positive click per piece; negatives are ``n_neg`` random clicks near, not on, the object.
@@ -144,8 +144,8 @@ class IFDL(Method):
         "implemented; objects are propagated by the generalist's own mechanism (memory_bank=plain)",
         "SAM-family generalists (litemedsam, mobilesam) propagate slice to slice with the previous slice's box and have "
         "no memory attention; sam2_hiera_* use sam2's video predictor",
-        "open choices: N=mc_passes MC-dropout passes with the protocol network's dropout (no input noise), U normalised "
-        "by 0.25, Eq. 4 on the label confidence mu_l (1 - U_l/0.25), prompts per 3D connected component, re-training "
+        "open choices: N=mc_passes MC-dropout passes with the protocol network's dropout (no input noise), C = 1 - U with "
+        "U not normalised, Eq. 4 on the label confidence mu_l (1 - U_l), prompts per 3D connected component, re-training "
         "continues from the current weights on labeled + pseudo-labelled cases weighted alike (cases without any prompt left out); stage lengths from the "
         "protocol (paper: 100 epochs per round, batch 4, Adam 1e-4)",
         "the dedicated model is the protocol's network (VNet on the LA protocols, the paper's UNet with net.name unet3d)",
