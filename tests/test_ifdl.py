@@ -173,3 +173,27 @@ def test_litemedsam_key_frame_propagation_recovers_a_real_la_atrium(la_root):
     pseudo = fuse_label_probabilities(probs)
     dice = 2 * ((pseudo == 1) & (label == 1)).sum() / ((pseudo == 1).sum() + (label == 1).sum())
     assert dice > 0.75, dice  # 0.80 measured over the whole volume (every slice, 60 encoder calls)
+
+
+@pytest.mark.parametrize("uam", [True, False])
+def test_uam_ablation_uses_every_third_slice_and_the_current_round_only(uam, make_protocol, tmp_path):
+    protocol = load_protocol(make_protocol("synthetic-knee-3d", net={"n_filters": 2},
+                                           inference={"patch": [32, 32, 16], "stride": [32, 32, 16], "sw_batch_size": 1}))
+    image, label = knee_case((32, 32, 16), seed=2, index=0)
+    ctx = RunContext(protocol=protocol, labeled=LabeledView(["a"], [image], [label]),
+                     unlabeled=UnlabeledView(["u"], [image]), n_classes=5, in_channels=1, seed=0, run_dir=tmp_path,
+                     progress=False)
+    torch.manual_seed(0)
+    method = IFDL(ctx, **{**IFDL.defaults, "uam": uam, "mc_passes": 2})
+    method.setup()
+    for r in (1, 2):
+        ctx.artifacts.save(f"round{r}", "confidence", "arrays", method.confidence_maps(r))
+    current = ctx.artifacts.load("round2", "confidence", "arrays")
+    frames = current["u::key_frames"].tolist()
+    assert len(frames) == 6 and all(3 * b <= f < 3 * b + 3 for b, f in enumerate(frames))  # one per block of 3
+    if not uam:
+        assert frames == [0, 3, 6, 9, 12, 15]
+    history = method.history("u", 2)
+    assert len(history) == (2 if uam else 1)
+    np.testing.assert_allclose(history[-1], current["u::label"] / 255.0, rtol=1e-6)
+    assert current["u::label"].shape == (4, 32, 32, 16) and current["u::unet"].shape == (32, 32, 16)
