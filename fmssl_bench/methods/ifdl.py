@@ -264,16 +264,24 @@ class IFDL(Method):
             out[f"{case_id}::unet"] = mean.argmax(0).astype(np.uint8)
         return out
 
-    def history(self, case_id: str, r: int) -> list[np.ndarray]:
-        """C_{t,l} of rounds 1..r (UAM) or of round r only (ablation), as floats in [0, 1]."""
+    def history(self, r: int) -> dict[str, list[np.ndarray]]:
+        """Per case, C_{t,l} of rounds 1..r (UAM) or of round r only (ablation), uint8 as stored.
+
+        Each round's artifact is read once (it holds every case), and only the label maps are kept.
+        """
         first = 1 if self.args["uam"] else r
-        return [self.ctx.artifacts.load(f"round{t}", "confidence", "arrays")[f"{case_id}::label"].astype(np.float32) / QUANT
-                for t in range(first, r + 1)]
+        out: dict[str, list[np.ndarray]] = {case_id: [] for case_id in self.cases}
+        for t in range(first, r + 1):
+            stored = self.ctx.artifacts.load(f"round{t}", "confidence", "arrays")
+            for case_id in self.cases:
+                out[case_id].append(stored[f"{case_id}::label"])
+        return out
 
     def pseudo_labels(self, r: int) -> dict[str, np.ndarray]:
         """Accumulated confidence -> masks -> prompts on key frames -> generalist propagation -> label maps."""
         fm = self.ctx.generalist(self.args["generalist"], self.args["fm_checkpoint"])
         current = self.ctx.artifacts.load(f"round{r}", "confidence", "arrays")
+        history = self.history(r)
         distance = self.args["max_distance"] or None
         out: dict[str, np.ndarray] = {}
         objects = {kind: 0 for kind in ("box", "points")}
@@ -282,7 +290,8 @@ class IFDL(Method):
         for case_id in self.cases:
             k = self.index[case_id]
             image = self.ctx.unlabeled.images[k]
-            masks = label_masks(accumulated_confidence(self.history(case_id, r), self.args["alpha"]), self.args["threshold"])
+            confidences = [c.astype(np.float32) / QUANT for c in history.pop(case_id)]
+            masks = label_masks(accumulated_confidence(confidences, self.args["alpha"]), self.args["threshold"])
             frames = current[f"{case_id}::key_frames"].tolist()
             frames_per_case.append(len(frames))
             rng = np.random.default_rng([self.ctx.seed, r, k])
