@@ -60,7 +60,7 @@ def test_ifdl_rounds_with_litemedsam_on_multilabel_knees_then_resume_after_a_rou
     prov = json.loads((record / "provenance.json").read_text())
     assert [s["stage"] for s in prov["stages"]] == ["pretrain", "round1", "round2"]
     rounds = prov["method"]["ifdl"]["rounds"]
-    assert prov["method"]["ifdl"]["prompt_kinds"] == ["box", "points", "box", "points"]  # the protocol's map
+    assert prov["method"]["ifdl"]["prompt_kinds"] == ["box", "points", "box", "points"]  # auto: from the class names
     assert rounds["round1"]["history_rounds"] == 1 and rounds["round2"]["history_rounds"] == 2
     objects = {k: sum(r["objects"][k] for r in rounds.values()) for k in ("box", "points")}
     assert objects["box"] > 0, rounds  # bones were prompted with boxes

@@ -13,6 +13,7 @@ from fmssl_bench.methods.ifdl_uam import (
     fixed_key_frames,
     fuse_label_probabilities,
     history_weights,
+    kinds_from_class_names,
     key_frames,
     label_confidence,
     label_masks,
@@ -123,6 +124,9 @@ def test_fusion_and_prompt_kind_parsing():
     assert parse_prompt_kinds("box,points", 2) == ["box", "points"]
     with pytest.raises(ValueError, match="one per foreground"):
         parse_prompt_kinds("box,points,box", 2)
+    knee = ("background", "femur", "femoral_cartilage", "tibia", "tibial_cartilage")
+    assert kinds_from_class_names(knee) == ["box", "points", "box", "points"]
+    assert kinds_from_class_names(("background", "left_atrium")) == ["box"]
 
 
 def test_dropout_only_keeps_batchnorm_in_eval_and_dropout_stochastic():

@@ -314,6 +314,7 @@ def _train_and_evaluate(prep: Prepared, views: Views, device: torch.device, sett
                           "test": prep.test_ids})
     ctx = RunContext(
         protocol=protocol, labeled=labeled_view, unlabeled=unlabeled_view, n_classes=len(adapter.classes),
+        class_names=tuple(adapter.classes),
         in_channels=in_channels, seed=spec.seed, run_dir=record.directory, device=device, overrides=prep.overrides,
         progress=spec.progress, score_pseudo_labels=PseudoLabelQuality(adapter, record.path("pseudo_label_quality.csv")),
     )

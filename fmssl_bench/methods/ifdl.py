@@ -34,6 +34,8 @@ Choices the paper leaves open (also in ``deviations``, recorded with every run):
 - C = 1 - U with U not normalised (normalising changes no key frame and left no mask: see
   :mod:`.ifdl_uam`); Eq. 2 sums the class-mean confidence; Eq. 4 thresholds the accumulated
   *label* confidence mu_l (1 - U_l) (a literal 1 - U is >= 0.75 everywhere).
+- Which labels are "bones" (boxes) and which "cartilage" (points): ``prompt_kinds``, by default
+  read from the data set's class names (``*cartilage*`` -> points, anything else -> box).
 - "Prompts for every connective area": connected components in 3D (one tracked object each); an
   object whose key-frame cross-section has several 2D pieces gets one box around them all, or one
   positive click per piece; negatives are ``n_neg`` random clicks near, not on, the object.
@@ -68,6 +70,7 @@ from .ifdl_uam import (
     frame_confidence,
     fuse_label_probabilities,
     key_frames,
+    kinds_from_class_names,
     label_confidence,
     label_masks,
     object_prompts,
@@ -130,8 +133,8 @@ class IFDL(Method):
         "block": Arg(3, int, "M: one key frame per block of M slices (paper 3)", ge=1),
         "alpha": Arg(0.5, float, "history decay of Eq. 3 (paper 0.5)", gt=0, lt=1),
         "threshold": Arg(0.5, float, "mask threshold of Eq. 4 on the accumulated confidence (paper 0.5)", gt=0, lt=1),
-        "prompt_kinds": Arg("box", str, "per foreground label, comma-separated: box (bones) or points (cartilage); "
-                            "one value applies to every label"),
+        "prompt_kinds": Arg("auto", str, "per foreground label, comma-separated: box (bones) or points (cartilage); "
+                            "one value applies to every label; auto: points for classes named *cartilage*, else box"),
         "n_neg": Arg(1, int, "negative clicks per point-prompted object and key frame", ge=0),
         "max_distance": Arg(3, int, "slices a propagation walks beyond a key frame (0: to the volume's end)", ge=0),
         "pl_cases": Arg(0, int, "unlabeled cases pseudo-labelled per round, a fixed seeded subset (0: all, the paper; "
@@ -175,21 +178,30 @@ class IFDL(Method):
         if not protocol.net.dropout:
             raise ConfigError(f"{protocol.where}: net.dropout false: ifdl's uncertainty is the variance of MC-dropout "
                               "passes (Eq. 1); expected net.dropout: true")
-        try:  # the count per foreground label is checked in setup, where the data set's classes are known
-            parse_prompt_kinds(args["prompt_kinds"], len(args["prompt_kinds"].split(",")))
-        except ValueError as err:
-            raise ConfigError(f"--method-arg {err}") from None
+        if args["prompt_kinds"] != "auto":
+            try:  # the count per foreground label is checked in setup, where the data set's classes are known
+                parse_prompt_kinds(args["prompt_kinds"], len(args["prompt_kinds"].split(",")))
+            except ValueError as err:
+                raise ConfigError(f"--method-arg {err}") from None
 
     # -- set-up ---------------------------------------------------------------------------------------
     def setup(self) -> None:
         self.student = self.ctx.build_net()
-        try:
-            self.kinds = parse_prompt_kinds(self.args["prompt_kinds"], self.ctx.n_classes - 1)
-        except ValueError as err:
-            raise ConfigError(f"--method-arg {err}") from None
+        self.kinds = self.prompt_kinds()
         self.index = {case_id: i for i, case_id in enumerate(self.ctx.unlabeled.ids)}
         self.cases = self.pseudo_label_cases()
         self.facts: dict[str, Any] = {}
+
+    def prompt_kinds(self) -> list[str]:
+        """Box or points per foreground label: the argument, or (auto) read from the data set's class names."""
+        text, n = self.args["prompt_kinds"], self.ctx.n_classes - 1
+        if text == "auto":
+            names = self.ctx.class_names
+            return kinds_from_class_names(names) if len(names) == n + 1 else ["box"] * n
+        try:
+            return parse_prompt_kinds(text, n)
+        except ValueError as err:
+            raise ConfigError(f"--method-arg {err}") from None
 
     def pseudo_label_cases(self) -> list[str]:
         """The unlabeled cases of every round: all, or ``pl_cases`` of them drawn once from the seed."""

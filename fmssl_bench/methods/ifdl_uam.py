@@ -194,3 +194,9 @@ def parse_prompt_kinds(text: str, n_foreground: int) -> list[str]:
         raise ValueError(f"prompt kinds {text!r}: {len(kinds)} kinds for {n_foreground} foreground label(s); "
                          "expected one kind, or one per foreground label")
     return kinds
+
+
+def kinds_from_class_names(names: Sequence[str]) -> list[str]:
+    """Prompt kinds of the foreground classes (``names[1:]``) read from their names: ``points`` for a
+    cartilage (thin, irregular: l.83), ``box`` for anything else (bones, organs, the LA)."""
+    return ["points" if "cartilage" in name.lower() or name.lower().startswith("cart") else "box" for name in names[1:]]

@@ -55,6 +55,9 @@ class RunContext:
     stage_log: list[dict[str, Any]] = field(default_factory=list)
     generalists: dict[tuple[str, str | None], Any] = field(default_factory=dict)
     stage: StageState | None = None
+    class_names: tuple[str, ...] = ()
+    """The data set's class names in label order (empty where unknown): for methods whose prompts depend
+    on what a class is (IFDL: boxes for bones, points for cartilage)."""
 
     def __post_init__(self) -> None:
         self.artifacts = ArtifactStore(Path(self.run_dir) / "artifacts")
