@@ -199,3 +199,28 @@ def test_uam_ablation_uses_every_third_slice_and_the_current_round_only(uam, mak
     assert len(history) == (2 if uam else 1)
     np.testing.assert_array_equal(history[-1], current["u::label"])
     assert current["u::label"].shape == (4, 32, 32, 16) and current["u::unet"].shape == (32, 32, 16)
+
+
+def test_ski10_style_nifti_knees_read_through_the_nnunet_adapter_with_bone_and_cartilage_prompts(tmp_path):
+    """SKI10 as an nnU-Net raw folder (NIfTI image/label pairs, its four labels named in dataset.json): the knee
+    classes come from the file and IFDL's prompt_kinds=auto gives boxes to bones and points to cartilage."""
+    import nibabel as nib
+
+    from fmssl_bench.datasets.base import build_dataset
+    from fmssl_bench.methods.ifdl_uam import kinds_from_class_names
+
+    root = tmp_path / "ski10"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for k in range(3):
+        image, label = knee_case((32, 32, 16), seed=4, index=k)
+        affine = np.diag([0.39, 0.39, 1.0, 1.0])  # SKI10-like in-plane 0.39 mm, 1 mm slices
+        nib.save(nib.Nifti1Image(image[0], affine), str(root / "imagesTr" / f"knee_{k:03d}_0000.nii.gz"))
+        nib.save(nib.Nifti1Image(label, affine), str(root / "labelsTr" / f"knee_{k:03d}.nii.gz"))
+    labels = {name: value for value, name in enumerate(KNEE_CLASSES)}
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "labels": labels, "numTraining": 3,
+                                                   "file_ending": ".nii.gz"}))
+    ds = build_dataset("nnunet", root)
+    assert ds.classes == KNEE_CLASSES and ds.case_ids() == ["knee_000", "knee_001", "knee_002"]
+    assert set(np.unique(ds.load_label("knee_001"))) == {0, 1, 2, 3, 4}
+    assert kinds_from_class_names(ds.classes) == ["box", "points", "box", "points"]
