@@ -121,6 +121,7 @@ class IFDL(Method):
     description = ("IFDL (seed 000): UNet + SAM2 rounds; MC-dropout uncertainty picks key frames and prompts "
                    "(accumulated confidence), the generalist propagates pseudo-labels, the UNet re-trains")
     dims = (3,)
+    paper_names = (("Ours", ""),)  # seed 000 Table 1 prints IFDL as "Ours" (per structure: bone / cart)
     arguments = {
         "rounds": Arg(4, int, "iterations of [MC inference -> key frames/prompts -> propagation -> re-training] "
                       "(paper 4)", ge=1),
