@@ -89,6 +89,14 @@ def test_bones_get_one_box_per_component_on_each_key_frame():
     assert all(p.points is None for o in objects for p in o.values())
 
 
+def test_specks_below_a_fraction_of_the_largest_component_get_no_prompt():
+    bone, _ = _two_bones_and_a_shell()
+    bone[22, 22, 1] = True  # a one-voxel speck on a key frame
+    assert len(object_prompts(bone, [1, 4], "box")) == 3  # the paper's text: every connected area
+    assert len(object_prompts(bone, [1, 4], "box", min_fraction=0.01)) == 2
+    assert object_prompts(np.zeros_like(bone), [1], "box", min_fraction=0.01) == []
+
+
 def test_cartilage_gets_positive_and_negative_points_per_component():
     _, shell = _two_bones_and_a_shell()
     two = shell.copy()

@@ -152,24 +152,29 @@ def slice_prompt(mask2d: np.ndarray, kind: PromptKind, n_neg: int = 1, rng: np.r
 
 
 def object_prompts(mask3d: np.ndarray, frames: Sequence[int], kind: PromptKind, axis: int = -1, n_neg: int = 1,
-                   rng: np.random.Generator | None = None) -> list[dict[int, Prompts]]:
+                   rng: np.random.Generator | None = None, min_fraction: float = 0.0) -> list[dict[int, Prompts]]:
     """Per 3D connected component of ``mask3d`` (full connectivity), its prompts on the key ``frames`` it crosses.
 
     One dict per component (an object to propagate), slice index -> :class:`Prompts`; a component
-    that crosses no key frame gets no entry (nothing to prompt it with).
+    that crosses no key frame gets no entry (nothing to prompt it with), nor does one smaller than
+    ``min_fraction`` of the largest component (0: every component, the paper's "every connective area").
     """
     mask3d = np.asarray(mask3d, dtype=bool)
     structure = ndimage.generate_binary_structure(3, 3)
     components, count = ndimage.label(mask3d, structure=structure)
+    if count == 0:
+        return []
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    kept = set(np.flatnonzero(sizes >= max(1, min_fraction * sizes.max())).tolist())
     slices = np.moveaxis(components, axis, 0)
     rng = rng if rng is not None else np.random.default_rng(0)
-    out: list[dict[int, Prompts]] = []
-    for label in range(1, count + 1):
-        prompts = {int(f): slice_prompt(slices[f] == label, kind, n_neg, rng) for f in frames}
-        prompts = {f: p for f, p in prompts.items() if not p.is_empty()}
-        if prompts:
-            out.append(prompts)
-    return out
+    per_object: dict[int, dict[int, Prompts]] = {}
+    for f in frames:
+        for label in np.unique(slices[f]).tolist():  # only the components this key frame crosses
+            if label in kept:
+                per_object.setdefault(label, {})[int(f)] = slice_prompt(slices[f] == label, kind, n_neg, rng)
+    return [per_object[label] for label in sorted(per_object)]
 
 
 def fuse_label_probabilities(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
