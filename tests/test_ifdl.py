@@ -224,3 +224,33 @@ def test_ski10_style_nifti_knees_read_through_the_nnunet_adapter_with_bone_and_c
     assert ds.classes == KNEE_CLASSES and ds.case_ids() == ["knee_000", "knee_001", "knee_002"]
     assert set(np.unique(ds.load_label("knee_001"))) == {0, 1, 2, 3, 4}
     assert kinds_from_class_names(ds.classes) == ["box", "points", "box", "points"]
+
+
+def test_round_loss_is_the_supervised_loss_and_skips_unknown_voxels(make_protocol, tmp_path):
+    from fmssl_bench.api import Batch
+    from fmssl_bench.methods.ifdl import UNKNOWN
+    from fmssl_bench.methods.losses import supervised_loss
+
+    protocol = load_protocol(make_protocol("synthetic-knee-3d", net={"n_filters": 2}))
+    image, label = knee_case((32, 32, 16), seed=3, index=0)
+    ctx = RunContext(protocol=protocol, labeled=LabeledView(["a"], [image], [label]), unlabeled=UnlabeledView(["u"], [image]),
+                     n_classes=5, in_channels=1, seed=0, run_dir=tmp_path, progress=False)
+    torch.manual_seed(0)
+    method = IFDL(ctx, **IFDL.defaults)
+    method.setup()
+    method.student.eval()  # no dropout: both losses see the same logits
+    x, y = torch.from_numpy(image)[None], torch.from_numpy(label.astype(np.int64))[None]
+    full = method.round_step(Batch(x, y, None, ["a"], []), 0).loss
+    torch.testing.assert_close(full, supervised_loss(method.student(x), y))
+    unknown = y.clone()
+    unknown[..., :8] = UNKNOWN
+    logits = torch.randn(1, 5, 32, 32, 16)
+    changed = logits.clone()
+    changed[..., :8] = torch.randn(1, 5, 32, 32, 8) * 5  # other answers where the label is unknown ...
+    method.student = lambda _: logits
+    a = method.round_step(Batch(x, unknown, None, ["a"], []), 0).loss
+    method.student = lambda _: changed
+    b = method.round_step(Batch(x, unknown, None, ["a"], []), 0).loss
+    torch.testing.assert_close(a, b)  # ... change nothing
+    c = method.round_step(Batch(x, y, None, ["a"], []), 0).loss
+    assert not torch.isclose(b, c)  # where they are known, they count

@@ -45,8 +45,12 @@ Choices the paper leaves open (also in ``deviations``, recorded with every run):
 - Re-training continues from the current weights each round (the paper does not say whether the
   UNet restarts); pseudo-labelled cases weigh as labeled ones; stage lengths come from the
   protocol (paper: 100 epochs per round, batch 4, Adam 1e-4), as do the pre-training's.
-- A case none of whose labels had a mask component on a key frame gets no prompt and an empty
-  pseudo-label; it is left out of that round's re-training (its empty map would teach "no object").
+- A label with no prompted object in a case says nothing about that label there: the voxels the
+  network predicts as that label (MC-mean argmax) and the generalist left as background are marked
+  unknown (255: skipped by the re-training loss and by the runner's scoring) instead of teaching
+  "no such label" (measured on the synthetic knees: with the tibia unprompted, its pseudo-label
+  Dice was 0 and the re-trained network's tibia fell from 0.65 to 0.15). A case with no prompted
+  object at all is left out of that round's re-training.
 - Voxels of a label where two objects overlap take the larger probability; a voxel is foreground
   when its best label's probability exceeds 0.5.
 Not implemented (``memory_bank=semantic`` raises NotImplementedError): the semantic-aware memory
@@ -61,6 +65,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..api import Arg, Batch, Method, StepOutput
@@ -81,12 +86,14 @@ from .ifdl_uam import (
     parse_prompt_kinds,
     pass_moments,
 )
-from .losses import supervised_loss
+from .losses import soft_target_ce_dice, supervised_loss
 from .registry import register_method
 from .uncertainty import dropout_only
 
 SLICE_AXIS = -1
 """Slices (frames) along the last spatial axis, the LA/UA-MT slice axis (as the other FM methods)."""
+UNKNOWN = 255
+"""Pseudo-label value of voxels nobody answered for (the runner's scorer and the re-training skip them)."""
 QUANT = 255.0
 """Confidence maps are stored as uint8 (1/255 steps): a round's history of a full LA set stays small."""
 
@@ -100,14 +107,14 @@ SA_MB_MISSING = (
 def propagate_objects(fm: Any, image: np.ndarray, masks: np.ndarray, frames: Sequence[int], kinds: Sequence[str],
                       n_neg: int, rng: np.random.Generator, max_distance: int | None,
                       objects: dict[str, int] | None = None, prompts_given: dict[str, int] | None = None,
-                      min_fraction: float = 0.0) -> np.ndarray:
+                      min_fraction: float = 0.0, label_objects: list[int] | None = None) -> np.ndarray:
     """Per-label foreground probabilities ``(K - 1, *spatial)`` of one volume from its UAM masks.
 
     Each 3D component of each label's mask (``masks``: ``(K - 1, *spatial)``) is prompted on the
     key ``frames`` it crosses (``kinds[l]``: box or points) and propagated through the volume by
     the generalist ``fm`` (``segment_volume``: slice-to-slice boxes, or sam2's video predictor);
-    a label's map is the maximum over its objects. ``objects`` / ``prompts_given`` count per kind;
-    components under ``min_fraction`` of a label's largest get no prompt.
+    a label's map is the maximum over its objects. ``objects`` / ``prompts_given`` count per kind,
+    ``label_objects`` per label; components under ``min_fraction`` of a label's largest get no prompt.
     """
     probs = np.zeros(masks.shape, np.float32)
     volume01 = normalise_intensities(image)  # once per volume: segment_volume keeps [0, 1] RGB as it is
@@ -115,6 +122,8 @@ def propagate_objects(fm: Any, image: np.ndarray, masks: np.ndarray, frames: Seq
         for prompts in object_prompts(masks[label], frames, kind, SLICE_AXIS, n_neg, rng, min_fraction):
             if objects is not None:
                 objects[kind] += 1
+            if label_objects is not None:
+                label_objects[label] += 1
             if prompts_given is not None:
                 prompts_given[kind] += len(prompts)
             probs[label] = np.maximum(probs[label], fm.segment_volume(volume01, prompts, axis=SLICE_AXIS,
@@ -161,7 +170,7 @@ class IFDL(Method):
         "open choices: N=mc_passes MC-dropout passes with the protocol network's dropout (no input noise), C = 1 - U with "
         "U not normalised, Eq. 4 on the label confidence mu_l (1 - U_l), prompts per 3D connected component (those under "
         "min_component of the label's largest left out), re-training "
-        "continues from the current weights on labeled + pseudo-labelled cases weighted alike (cases without any prompt left out); stage lengths from the "
+        "continues from the current weights on labeled + pseudo-labelled cases weighted alike (cases without any prompt left out; voxels of a label without any prompted object unknown, not background); stage lengths from the "
         "protocol (paper: 100 epochs per round, batch 4, Adam 1e-4)",
         "the dedicated model is the protocol's network (VNet on the LA protocols, the paper's UNet with net.name unet3d)",
         "each stage ends at its last iterate (no validation-based selection)",
@@ -231,6 +240,18 @@ class IFDL(Method):
         loss = supervised_loss(self.student(batch.image_l), batch.label_l)
         return StepOutput(loss, {"loss_sup": float(loss.detach())})
 
+    def round_step(self, batch: Batch, iteration: int) -> StepOutput:
+        """0.5 (CE + Dice) as in pre-training, over the voxels with a (pseudo-)label (UNKNOWN ones skipped).
+
+        With no UNKNOWN voxel in the batch this is exactly :func:`supervised_loss`.
+        """
+        logits = self.student(batch.image_l)
+        known = batch.label_l != UNKNOWN
+        target = torch.where(known, batch.label_l, torch.zeros_like(batch.label_l))
+        onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+        loss = soft_target_ce_dice(logits, onehot, known.to(logits.dtype))
+        return StepOutput(loss, {"loss_sup": float(loss.detach()), "known": float(known.float().mean())})
+
     def round_config(self, r: int) -> TrainConfig:
         stages = self.ctx.protocol.stages
         name = f"round{r}" if f"round{r}" in stages else "round" if "round" in stages else "train"
@@ -254,15 +275,15 @@ class IFDL(Method):
             grown = LabeledView(list(self.ctx.labeled.ids) + used,
                                 list(self.ctx.labeled.images) + [images[self.index[i]] for i in used],
                                 list(self.ctx.labeled.labels) + [pseudo[i] for i in used])
-            self.train_on(f"round{r}", grown, self.round_config(r))
+            self.train_on(f"round{r}", grown, self.round_config(r), step=self.round_step)
         return self.predictor()
 
-    def train_on(self, stage: str, view: LabeledView, config: TrainConfig) -> None:
+    def train_on(self, stage: str, view: LabeledView, config: TrainConfig, step=None) -> None:
         """One stage of the dedicated model on ``view`` alone (the whole batch from it)."""
         batches = self.ctx.two_stream(config, view, None, uses_unlabeled=False)
         # config may be another section's (stages.round): its length is the request; the CLI still overrides it
         self.ctx.train(self, stage=stage, config=config, batches=batches, iterations=config.iterations,
-                       uses_unlabeled=False)
+                       uses_unlabeled=False, step=step)
 
     @torch.no_grad()
     def mc_moments(self, image: np.ndarray, r: int, case: int) -> tuple[np.ndarray, np.ndarray]:
@@ -319,17 +340,24 @@ class IFDL(Method):
             frames = current[f"{case_id}::key_frames"].tolist()
             frames_per_case.append(len(frames))
             rng = np.random.default_rng([self.ctx.seed, r, k])
-            before = sum(objects.values())
+            per_label = [0] * len(self.kinds)
             probs = propagate_objects(fm, image, masks, frames, self.kinds, self.args["n_neg"], rng, distance,
-                                      objects, prompts_given, self.args["min_component"])
-            out[case_id] = fuse_label_probabilities(probs)
-            if sum(objects.values()) > before:
+                                      objects, prompts_given, self.args["min_component"], per_label)
+            pseudo = fuse_label_probabilities(probs)
+            unet = current[f"{case_id}::unet"]
+            for label, n in enumerate(per_label):  # no object of this label: its voxels are unknown, not background
+                if n == 0:
+                    pseudo[(unet == label + 1) & (pseudo == 0)] = UNKNOWN
+            out[case_id] = pseudo
+            if sum(per_label) > 0:
                 prompted.append(case_id)
         self.ctx.artifacts.save(f"round{r}", "summary", "json", {
             "cases": len(self.cases), "prompted_cases": prompted, "key_frames_per_case": float(np.mean(frames_per_case)) if frames_per_case else 0.0,
             "objects": objects, "key_frame_prompts": prompts_given,
             "history_rounds": r if self.args["uam"] else 1,
-            "pseudo_foreground_fraction": float(np.mean([(out[i] > 0).mean() for i in self.cases])) if out else 0.0,
+            "pseudo_foreground_fraction": float(np.mean([((out[i] > 0) & (out[i] != UNKNOWN)).mean() for i in self.cases]))
+            if out else 0.0,
+            "unknown_fraction": float(np.mean([(out[i] == UNKNOWN).mean() for i in self.cases])) if out else 0.0,
         })
         return out
 
