@@ -334,10 +334,11 @@ def _train_and_evaluate(prep: Prepared, views: Views, device: torch.device, sett
                           "test": prep.test_ids})
     ctx = RunContext(
         protocol=protocol, labeled=labeled_view, unlabeled=unlabeled_view, n_classes=len(adapter.classes),
+        class_names=tuple(adapter.classes),
         in_channels=in_channels, seed=spec.seed, run_dir=record.directory, device=device, overrides=prep.overrides,
         progress=spec.progress, score_pseudo_labels=PseudoLabelQuality(adapter, record.path("pseudo_label_quality.csv")),
         score_checkpoint=RoundEvaluation(test_view, protocol, adapter.classes, device, record.path("round_evaluation.csv")),
-        roi_counts=dict(adapter.roi_counts), class_names=tuple(adapter.classes),
+        roi_counts=dict(adapter.roi_counts),
     )
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed % 2**32)

@@ -40,6 +40,50 @@ def synthetic_case(shape: tuple[int, ...], seed: int, index: int) -> tuple[np.nd
     return image[None].astype(np.float32), label
 
 
+def _ellipsoid(shape: tuple[int, ...], centre: list[float], radii: list[float], rng: np.random.Generator) -> np.ndarray:
+    """A smooth random ellipsoid (boolean) with a low-frequency wobble of its surface."""
+    grids = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+    dist = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii))
+    wobble = ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma=max(shape) / 6)
+    return dist + 1.5 * wobble < 1.0
+
+
+KNEE_CLASSES = ("background", "femur", "femoral_cartilage", "tibia", "tibial_cartilage")
+
+
+def knee_case(shape: tuple[int, int, int], seed: int, index: int, shell: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """A procedural knee: image ``(1, *shape)`` and label with the classes of :data:`KNEE_CLASSES`.
+
+    Two "bones" (ellipsoids above and below a joint line along axis 0, a gap of a few voxels
+    between them) each carry a thin "cartilage" shell (``shell`` voxels) on the surface facing the
+    joint, as cartilage sits on the articular surfaces of femur and tibia (SKI10's four labels).
+    Cartilage is bright, bone mid-grey (a PD-weighted look), with the bias field and noise of
+    :func:`synthetic_case`. Bones end inside the volume along the last (slice) axis, so some slices
+    hold no object.
+    """
+    rng = np.random.default_rng([seed, index, 7])
+    rows = np.arange(shape[0], dtype=np.float32).reshape(-1, 1, 1)
+    joint = rng.uniform(0.45, 0.55) * shape[0]
+    gap = rng.uniform(1.5, 2.5) + shell
+    label = np.zeros(shape, dtype=np.uint8)
+    for bone, cart, side in ((1, 2, -1), (3, 4, 1)):
+        ry = rng.uniform(0.28, 0.36) * shape[0]
+        centre = [joint + side * (gap + ry), rng.uniform(0.42, 0.58) * shape[1], rng.uniform(0.42, 0.58) * shape[2]]
+        radii = [ry, rng.uniform(0.28, 0.36) * shape[1], rng.uniform(0.25, 0.33) * shape[2]]
+        body = _ellipsoid(shape, centre, radii, rng)
+        near = ndimage.binary_dilation(body, iterations=shell) & ~body
+        facing = (rows - centre[0]) * -side > 0  # the half of the shell towards the joint line
+        label[body] = bone
+        label[near & facing & (label == 0)] = cart
+    means = np.array([0.15, 0.45, 0.9, 0.5, 0.85], dtype=np.float32)
+    image = means[label]
+    bias = 1.0 + 0.3 * ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma=max(shape) / 4) * max(shape) / 4
+    image = image * np.clip(bias, 0.7, 1.3) + rng.normal(0.0, 0.08, size=shape).astype(np.float32)
+    image = ndimage.gaussian_filter(image, sigma=0.6)
+    image = (image - image.mean()) / (image.std() + 1e-6)
+    return image[None].astype(np.float32), label
+
+
 class Synthetic(DatasetAdapter):
     needs_root = False
     classes = ("background", "organ", "lesion")
@@ -92,3 +136,21 @@ class Synthetic3D(Synthetic):
     n_train = 16
     n_test = 4
     default_protocol = "synthetic-3d"
+
+
+@register_dataset
+class SyntheticKnee3D(Synthetic):
+    name = "synthetic-knee-3d"
+    description = ("procedural 3D knees, 32^3: femur and tibia with thin cartilage shells facing the joint "
+                   "(SKI10's 4 labels), 16 train / 4 test (no files needed)")
+    ndim = 3
+    shape = (32, 32, 32)
+    classes = KNEE_CLASSES
+    n_train = 16
+    n_test = 4
+    default_protocol = "synthetic-knee-3d"
+
+    def _case(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        if case_id not in self._cache:
+            self._cache[case_id] = knee_case(self.shape, self.seed, int(case_id.split("_")[1]))
+        return self._cache[case_id]

@@ -9,6 +9,7 @@ pseudo-label methods reuse the same two pieces.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -103,3 +104,23 @@ def pyramid_rectified_consistency(probs: list[torch.Tensor], eps: float = 1e-8) 
         total = total + (weight * (mean - p) ** 2).mean() / (weight.mean() + eps) + variance.mean()
         weights.append(weight)
     return total / len(probs), weights
+
+
+@contextmanager
+def dropout_only(net: nn.Module) -> Iterator[nn.Module]:
+    """``net`` in eval mode except its dropout layers, which stay stochastic (MC-dropout inference).
+
+    UA-MT's teacher runs its MC passes in train mode on training batches; for whole-volume
+    inference (sliding windows of one or two patches) batch-norm must use its running statistics
+    instead, so only the dropout layers are switched on. The previous modes are restored.
+    """
+    modes = {m: m.training for m in net.modules()}
+    net.eval()
+    for module in net.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.train()
+    try:
+        yield net
+    finally:
+        for module, mode in modes.items():
+            module.training = mode

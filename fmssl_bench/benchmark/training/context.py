@@ -55,10 +55,12 @@ class RunContext:
     score_checkpoint: CheckpointScorer | None = None
     roi_counts: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
     """The data set's image-level knowledge (``DatasetAdapter.roi_counts``), keyed by class name."""
-    class_names: tuple[str, ...] = ()
     stage_log: list[dict[str, Any]] = field(default_factory=list)
     generalists: dict[tuple[str, str | None], Any] = field(default_factory=dict)
     stage: StageState | None = None
+    class_names: tuple[str, ...] = ()
+    """The data set's class names in label order (empty where unknown): for methods whose prompts depend
+    on what a class is (IFDL: boxes for bones, points for cartilage; SamDSK: RoI counts per class)."""
 
     def __post_init__(self) -> None:
         self.artifacts = ArtifactStore(Path(self.run_dir) / "artifacts")
