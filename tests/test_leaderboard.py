@@ -339,6 +339,20 @@ def test_methods_are_compared_with_the_supervised_row_of_their_budget(tmp_path):
     assert not any(h.startswith("_") for h in header)
 
 
+def test_a_method_with_its_own_stages_and_components_is_compared_with_the_supervised_row(tmp_path):
+    """SFR's fine-tuning stage (protocol stages.finetune) and its base's arguments belong to the method:
+    its row pairs with the supervised row of the same protocol and budget, which trains neither."""
+    cases = [f"case{i:02d}" for i in range(12)]
+    write_record(tmp_path, make_summary(method="supervised", dice=0.8), {c: 0.7 + 0.01 * i for i, c in enumerate(cases)})
+    sfr = make_summary(method="sfr", dice=0.85)
+    assert "finetune" in sfr["row_identity"]["protocol"]["stages"]  # as the runner writes it
+    sfr["row_identity"]["components"] = {"mean_teacher": {"consistency": 0.1}}
+    write_record(tmp_path, sfr, {c: 0.75 + 0.012 * i for i, c in enumerate(cases)})
+    by_method = {row["method"]: row for row in aggregate(find_summaries(tmp_path))}
+    assert by_method["sfr"]["n_paired"] == 12
+    assert by_method["sfr"]["delta_dice"] == pytest.approx(100 * (0.05 + 0.002 * 5.5))
+
+
 def test_outside_predictions_are_compared_with_the_supervised_row_of_their_budget(tmp_path):
     cases = [f"case{i:02d}" for i in range(10)]
     write_record(tmp_path, make_summary(method="supervised", dice=0.8), {c: 0.7 + 0.01 * i for i, c in enumerate(cases)})

@@ -41,8 +41,9 @@ CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0
 ALPHA = 0.05
 BASELINE_METHOD = "supervised"
-#: identity parts that belong to the method, not to the setting a baseline must share
-METHOD_PARTS = ("method", "method_args", "generalists")
+#: identity parts that belong to the method, not to the setting a baseline must share (``components``:
+#: the arguments of a method run inside it, e.g. SFR's base)
+METHOD_PARTS = ("method", "method_args", "generalists", "components")
 METHOD_TEXT = (f"paired over test cases (per-case Dice averaged over seeds and foreground classes); "
                f"p: two-sided Wilcoxon signed-rank; [95% CI]: bootstrap of the mean difference, BCa, "
                f"{RESAMPLES} resamples, seed {BOOTSTRAP_SEED}; * p < {ALPHA:g}; n/a below {MIN_PAIRS} paired cases")
@@ -167,14 +168,18 @@ def baseline_keys(summary: Mapping[str, Any]) -> tuple[str | None, str]:
     """``(setting, coarse)``: what a row and its supervised baseline share.
 
     ``setting`` (records with an identity): the row identity without its method parts (method,
-    arguments, generalists), i.e. every protocol field, override, data-set option, the budget and
-    the test set, plus the protocol name. ``coarse``: (data set, protocol, labeled) only, the
+    arguments, generalists, components) and without the protocol's ``stages:`` sections (the extra
+    stages a method trains, such as SFR's fine-tuning, are part of the method: the baseline trains
+    none), i.e. every other protocol field, override, data-set option, the budget and the test
+    set, plus the protocol name. ``coarse``: (data set, protocol, labeled) only, the
     key of old records and outside predictions, whose identities say nothing about training.
     """
     coarse = [summary["dataset"], str(summary.get("protocol", "")), str(summary["labeled"])]
     identity = summary.get("row_identity")
     if isinstance(identity, Mapping) and "protocol" in identity:
-        return digest([*coarse, {k: v for k, v in identity.items() if k not in METHOD_PARTS}]), digest(coarse)
+        setting = {k: v for k, v in identity.items() if k not in METHOD_PARTS}
+        setting["protocol"] = {k: v for k, v in setting["protocol"].items() if k != "stages"}
+        return digest([*coarse, setting]), digest(coarse)
     return None, digest(coarse)
 
 
