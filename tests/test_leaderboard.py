@@ -353,6 +353,20 @@ def test_a_method_with_its_own_stages_and_components_is_compared_with_the_superv
     assert by_method["sfr"]["delta_dice"] == pytest.approx(100 * (0.05 + 0.002 * 5.5))
 
 
+def test_any_two_methods_are_compared_on_request(tmp_path, capsys):
+    from fmssl_bench.benchmark.cli import main
+
+    cases = [f"case{i:02d}" for i in range(12)]
+    write_record(tmp_path, make_summary(method="supervised", dice=0.8), {c: 0.7 + 0.01 * i for i, c in enumerate(cases)})
+    write_record(tmp_path, make_summary(dice=0.85), {c: 0.74 + 0.011 * i for i, c in enumerate(cases)})
+    assert main(["leaderboard", "--runs", str(tmp_path), "--write", "", "--compare", "mean_teacher,supervised"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    expected = paired_test({c: 0.74 + 0.011 * i for i, c in enumerate(cases)}, {c: 0.7 + 0.01 * i for i, c in enumerate(cases)})
+    assert out[0] == ("la la labeled 16: mean_teacher (1 seed(s)) vs supervised (1 seed(s)): Δ Dice " + expected.text())
+    assert main(["leaderboard", "--runs", str(tmp_path), "--write", "", "--compare", "mean_teacher,ua_mt"]) == 2
+    assert "no setting" in capsys.readouterr().err
+
+
 def test_outside_predictions_are_compared_with_the_supervised_row_of_their_budget(tmp_path):
     cases = [f"case{i:02d}" for i in range(10)]
     write_record(tmp_path, make_summary(method="supervised", dice=0.8), {c: 0.7 + 0.01 * i for i, c in enumerate(cases)})

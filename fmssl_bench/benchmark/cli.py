@@ -11,9 +11,9 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from ..errors import FmsslError
+from ..errors import ConfigError, FmsslError
 
 SUBCOMMANDS = ("run", "list", "leaderboard", "check-data", "bench", "oracle", "evaluate", "grid", "regress", "export")
 DEMO = {"dataset": "synthetic-2d", "methods": ("supervised", "mean_teacher"), "labeled": "4", "seed": 0}
@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--format", choices=["md", "csv", "html"], default="md")
     lb.add_argument("--runs", help="results root (default: $FMSSL_RESULTS or ./runs)")
     lb.add_argument("--write", default="leaderboards", help="folder for the md/csv/html files ('' to skip)")
+    lb.add_argument("--compare", metavar="A,B", help="paired test of method A against method B (Dice, per test case, "
+                    "seed-averaged) for every setting both were run in, instead of the table")
     cd = sub.add_parser("check-data", help="verify a dataset folder and report every problem")
     cd.add_argument("--dataset", required=True)
     cd.add_argument("--data-root")
@@ -307,10 +309,29 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise FmsslError(f"--runs {root}: no such folder; run something first or point --runs at a results root")
     table = aggregate(find_summaries(root), dataset=args.dataset)
+    if args.compare:
+        return _compare(table, args.compare)
     print(render(table, args.format), end="")
     if args.write:
         for path in write_leaderboards(table, Path(args.write), name=args.dataset or "all"):
             print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _compare(table: list[dict[str, Any]], spec: str) -> int:
+    from .records.statistics import METHOD_TEXT, compare_methods
+
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    if len(names) != 2:
+        raise ConfigError(f"--compare {spec!r}: expected two method names, e.g. --compare sfr,mean_teacher")
+    pairs = compare_methods(table, *names)
+    if not pairs:
+        raise FmsslError(f"--compare {spec}: no setting (data set, protocol, budget, test set) has rows of both "
+                         f"{names[0]} and {names[1]}")
+    for a, b, test in pairs:
+        print(f"{a['dataset']} {a['protocol']} labeled {a['labeled']}: {names[0]} ({a['seeds']} seed(s)) vs "
+              f"{names[1]} ({b['seeds']} seed(s)): Δ Dice {test.text()}")
+    print(f"Δ Dice in % points, {METHOD_TEXT}")
     return 0
 
 

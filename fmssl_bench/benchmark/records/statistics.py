@@ -161,6 +161,22 @@ def compare_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> PairedTest:
     return paired_test(a.get("_case_dice") or {}, b.get("_case_dice") or {})
 
 
+def compare_methods(table: list[dict[str, Any]], method_a: str, method_b: str) -> list[tuple[dict[str, Any], dict[str, Any], PairedTest]]:
+    """Every pair of rows (``method_a``, ``method_b``) of one setting (:func:`baseline_keys`: same data
+    set, protocol, budget, test set and shared protocol fields), each with its paired test."""
+    by_setting: dict[str, list[dict[str, Any]]] = {}
+    for row in table:
+        if row["method"] == method_b and not row.get("oracle"):
+            by_setting.setdefault(row["_baseline_keys"][0] or row["_baseline_keys"][1], []).append(row)
+    pairs = []
+    for row in table:
+        if row["method"] != method_a or row.get("oracle"):
+            continue
+        for other in by_setting.get(row["_baseline_keys"][0] or row["_baseline_keys"][1], []):
+            pairs.append((row, other, compare_rows(row, other)))
+    return pairs
+
+
 # --------------------------------------------------------------------------- baselines
 
 
