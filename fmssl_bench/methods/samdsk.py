@@ -176,9 +176,10 @@ class SamDSK(ComposedMethod):
         lower, upper = self.bounds(r)
         stage = f"round{r}"
 
+        annotations: dict[str, np.ndarray] = {}  # filled by a fresh computation, else read back below
+
         def compute_selection() -> dict[str, Any]:
             betas, feasible = {}, {}
-            annotations = {}
             for case_id, probs in zip(ids, self.foreground_probs([images[i] for i in ids])):
                 proposals = self.proposal_cache().masks(images[case_id])
                 match = optimal_matching(probs, proposals, lower, upper)
@@ -190,9 +191,11 @@ class SamDSK(ComposedMethod):
 
         fresh = not self.ctx.artifacts.has(stage, "selection", "json")
         selection = self.ctx.artifacts.cached(stage, "selection", "json", compute_selection)
-        annotations = self.ctx.artifacts.load(stage, "annotations", "arrays")
+        if not annotations:  # a resumed run: the artifact of the interrupted one
+            annotations = self.ctx.artifacts.load(stage, "annotations", "arrays")
         chosen = selection["accepted"]
-        rejected = [i for i in ids if i not in set(chosen)]
+        accepted = set(chosen)
+        rejected = [i for i in ids if i not in accepted]
         if fresh and self.ctx.score_pseudo_labels is not None:
             if chosen:
                 self.ctx.score_pseudo_labels(chosen, [annotations[i] for i in chosen], stage)
