@@ -161,18 +161,24 @@ def compare_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> PairedTest:
     return paired_test(a.get("_case_dice") or {}, b.get("_case_dice") or {})
 
 
+def _setting_of(row: Mapping[str, Any]) -> str:
+    """The key a row is paired under: its setting, or (old records, outside predictions) the coarse key."""
+    setting, coarse = row["_baseline_keys"]
+    return setting or coarse
+
+
 def compare_methods(table: list[dict[str, Any]], method_a: str, method_b: str) -> list[tuple[dict[str, Any], dict[str, Any], PairedTest]]:
     """Every pair of rows (``method_a``, ``method_b``) of one setting (:func:`baseline_keys`: same data
     set, protocol, budget, test set and shared protocol fields), each with its paired test."""
     by_setting: dict[str, list[dict[str, Any]]] = {}
     for row in table:
         if row["method"] == method_b and not row.get("oracle"):
-            by_setting.setdefault(row["_baseline_keys"][0] or row["_baseline_keys"][1], []).append(row)
+            by_setting.setdefault(_setting_of(row), []).append(row)
     pairs = []
     for row in table:
         if row["method"] != method_a or row.get("oracle"):
             continue
-        for other in by_setting.get(row["_baseline_keys"][0] or row["_baseline_keys"][1], []):
+        for other in by_setting.get(_setting_of(row), []):
             pairs.append((row, other, compare_rows(row, other)))
     return pairs
 
@@ -215,8 +221,7 @@ def attach_baseline_tests(table: list[dict[str, Any]]) -> None:
                 if key not in baselines or (row["args"] == "" and baselines[key]["args"] != ""):
                     baselines[key] = row
     for row in table:
-        setting, coarse = row["_baseline_keys"]
-        base = baselines.get(setting) if setting else baselines.get(coarse)
+        base = baselines.get(_setting_of(row))
         if base is row:
             test, text = PairedTest(0, reason="baseline"), "baseline"
         else:
