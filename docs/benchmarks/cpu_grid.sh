@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The CPU-tier grids still missing from leaderboards/measured, one core, resumable (finished records are
-# skipped by identity, killed ones resume). Run from the repository root with the venv active:
+# The CPU-tier grids still missing from leaderboards/measured, one core per invocation, resumable
+# (finished records are skipped by identity, killed ones resume). Run from the repository root with
+# the venv active; name the queues to run, in order (default: all). Two cores: two invocations with
+# different queues, e.g.
 #
-#   nohup bash docs/benchmarks/cpu_grid.sh > runs/cpu-grid.log 2>&1 &
+#   nohup bash docs/benchmarks/cpu_grid.sh samdsk ifdl > runs/cpu-grid-1.log 2>&1 &
+#   nohup bash docs/benchmarks/cpu_grid.sh semisam_plus baselines > runs/cpu-grid-2.log 2>&1 &
 #   fmssl-bench export --runs runs/cpu-grid --to leaderboards/measured && python docs/benchmarks/embed_measured.py
 #
 # The committed records are copied into the results root first, so they are cache hits, not reruns.
-# FMSSL_FM_CACHE shares generalist embeddings and SamDSK's proposals between the records of the grid.
+# FMSSL_FM_CACHE shares generalist embeddings and SamDSK's proposals between the records of the grid
+# (costs below: one thread on a 2-core VM with the other core busy).
 set -euo pipefail
 : "${FMSSL_DATA:?set FMSSL_DATA to the folder holding Kvasir-SEG/ and LA/}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
@@ -16,12 +20,25 @@ mkdir -p "$out"
 cp -rn leaderboards/measured/kvasir leaderboards/measured/la "$out"/ 2>/dev/null || true
 
 grid() { fmssl-bench grid --out "$out" "$@"; }
-# issue 11: sfr (base mean_teacher) vs mean_teacher at 5 %, 3 seeds (~1 h per record on a loaded core)
-grid --methods sfr --datasets kvasir --budgets 5% --seeds 0,1,2 --protocol kvasir-cpu
-# issue 10: the classic baselines, 3 seeds at one budget (~6-12 min per record)
-grid --methods ua_mt,entropy_min,cct,ict,self_training,ups,dtc,ssnet,cps,bcp,acmt --datasets kvasir --budgets 5% \
-    --seeds 0,1,2 --protocol kvasir-cpu
-# issue 9: semisam_plus at both budgets (~1 h per record: two generalists decode every iteration)
-grid --methods semisam_plus --datasets kvasir --budgets 5%,10% --seeds 0,1,2 --protocol kvasir-cpu
-# issue 12: samdsk vs supervised at 10 % (first record fills the proposal cache: ~900 images x 15-20 s)
-grid --methods samdsk --datasets kvasir --budgets 10% --seeds 0,1,2 --protocol kvasir-cpu
+queue() {
+  case "$1" in
+    # issue 11: sfr (base mean_teacher) vs mean_teacher at 5 % (~40-60 min per record)
+    sfr) grid --methods sfr --datasets kvasir --budgets 5% --seeds 0,1,2 --protocol kvasir-cpu ;;
+    # issue 10: the classic baselines, 3 seeds at one budget (~5-12 min per record)
+    baselines) grid --methods ua_mt,entropy_min,cct,ict,self_training,ups,dtc,ssnet,cps,bcp,acmt --datasets kvasir \
+                 --budgets 5% --seeds 0,1,2 --protocol kvasir-cpu ;;
+    # issue 9: semisam_plus at both budgets (~1-2 h per record: two generalists' mask decoders run on 4
+    # unlabeled images every iteration, ~0.1-0.2 s per prompt; the image embeddings are cached)
+    semisam_plus) grid --methods semisam_plus --datasets kvasir --budgets 5%,10% --seeds 0,1,2 --protocol kvasir-cpu ;;
+    # issue 12: samdsk vs supervised at 10 % (the proposals of ~900 images, 10-17 s each, fill the cache once;
+    # 85 % of that is SAM's mask decoder, once per grid point; then ~15 min per record)
+    samdsk) grid --methods samdsk --datasets kvasir --budgets 10% --seeds 0,1,2 --protocol kvasir-cpu ;;
+    # issue 13: ifdl vs supervised on la-cpu at 8 labeled (pre-train + 2 rounds of MC dropout, LiteMedSAM
+    # propagation over 22 unlabeled volumes and 300 re-training iterations)
+    ifdl) grid --methods ifdl --datasets la --budgets 8 --seeds 0,1,2 --protocol la-cpu ;;
+    *) echo "unknown queue $1 (expected sfr, baselines, semisam_plus, samdsk, ifdl)" >&2; exit 2 ;;
+  esac
+}
+for q in "${@:-sfr baselines semisam_plus samdsk ifdl}"; do
+  for name in $q; do queue "$name"; done
+done
