@@ -7,6 +7,8 @@ input, FIFO, fine-tuning, resume, a round end to end), not segmentation quality.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -179,8 +181,9 @@ def _clip_loss(method, batch) -> float:
 
 
 def test_samb_random_init_sam2_finetuning_lowers_its_loss_on_synthetic_knees(random_init_sam2, make_protocol, tmp_path):
+    # the packaged protocol's stages.samb_finetune: the paper's AdamW lr 5e-5; three iterations
     ctx, method = _context(random_init_sam2, make_protocol, tmp_path,
-                           {"samb_finetune": {"iterations": 6, "lr": 1e-4, "checkpoint_every": 6}}, n_labeled=1)
+                           {"samb_finetune": {"iterations": 3, "checkpoint_every": 3}}, n_labeled=1)
     batch = ClipBatches(ctx.labeled, 4)(0, [0, 1])
     assert batch.image_l.shape == (1, 1, 32, 32, 4) and (batch.label_l[0, ..., 0] > 0).any()  # prompts on slice 0
     before = _clip_loss(method, batch)
@@ -188,7 +191,7 @@ def test_samb_random_init_sam2_finetuning_lowers_its_loss_on_synthetic_knees(ran
     generalist_before = {n: p.detach().clone() for n, p in random_init_sam2.model.named_parameters()}
     method.finetune_samb()
     after = _clip_loss(method, batch)
-    assert after < before, (before, after)  # one labeled case: every clip comes from it
+    assert after < 0.95 * before, (before, after)  # measured 0.717 -> 0.625; one labeled case: every clip from it
     assert [s["stage"] for s in ctx.stage_log] == ["samb_finetune"]
     stored = ctx.artifacts.load("samb_finetune", "weights", "state")  # torch.load(weights_only=True)
     assert set(stored) == set(source) and any(not torch.equal(stored[k], source[k]) for k in source)
@@ -200,7 +203,7 @@ def test_samb_random_init_sam2_finetuning_lowers_its_loss_on_synthetic_knees(ran
 
 def test_samb_random_init_sam2_finetuning_resumes_skipped_with_its_weights(random_init_sam2, make_protocol, tmp_path,
                                                                           capsys):
-    stages = {"samb_finetune": {"iterations": 2, "lr": 1e-4, "checkpoint_every": 1}}
+    stages = {"samb_finetune": {"iterations": 2, "checkpoint_every": 1}}
     _, first = _context(random_init_sam2, make_protocol, tmp_path, stages, n_labeled=1)
     first.finetune_samb()
     trained = {k: v.clone() for k, v in first.samb.trained.state_dict().items()}
@@ -246,3 +249,14 @@ def test_semantic_memory_bank_needs_a_sam2_generalist_and_one_clip_per_iteration
     assert main(base + ["--method-arg", "generalist=sam2_hiera_t", "--protocol", batched]) == 2
     assert "stages.samb_finetune.batch_size 2" in capsys.readouterr().err
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*")), "a refused run wrote files"
+
+
+def test_samb_finetune_stage_defaults_to_the_papers_adamw_and_is_part_of_the_identity_only_when_used():
+    protocol = load_protocol("synthetic-knee-3d")
+    bare = dataclasses.replace(protocol, stages={})  # a protocol without stages.samb_finetune
+    config = IFDL.samb_config(bare)
+    assert (config.optimizer, config.lr, config.batch_size) == ("adamw", 5e-5, 1)  # seed 000 l.109
+    packaged = IFDL.samb_config(protocol)
+    assert (packaged.optimizer, packaged.lr, packaged.batch_size) == ("adamw", 5e-5, 1)
+    assert "samb_finetune" in IFDL.stages_used({**IFDL.defaults, "memory_bank": "semantic"})
+    assert "samb_finetune" not in IFDL.stages_used(IFDL.defaults)

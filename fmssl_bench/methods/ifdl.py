@@ -518,7 +518,10 @@ class IFDL(Method):
             out.setdefault("deviations", []).insert(0, f"generalist {self.args['generalist']} instead of SAM2 (SAM2 "
                                                        "weights take a user checkpoint: generalist=sam2_hiera_*)")
         if self.samb is not None:
-            out.setdefault("deviations", []).extend(SAMB_CHOICES)
+            out.setdefault("deviations", []).extend(SAMB_CHOICES + [
+                f"SA-MB fine-tuning: one epoch = one clip per labeled case (samb_epochs x labeled iterations unless "
+                f"stages.{SAMB_STAGE}.iterations is set); without stages.{SAMB_STAGE} the paper's AdamW lr 5e-5 with "
+                "weight decay 0.01 and a constant rate (neither stated); once, after the UNet's pre-training"])
         out["ifdl"] = {"generalist": self.args["generalist"], "prompt_kinds": self.kinds, "cases_per_round": len(self.cases),
                        "memory_bank": self.args["memory_bank"], "rounds": self.facts}
         return out
