@@ -53,14 +53,29 @@ Choices the paper leaves open (also in ``deviations``, recorded with every run):
   object at all is left out of that round's re-training.
 - Voxels of a label where two objects overlap take the larger probability; a voxel is foreground
   when its best label's probability exceeds 0.5.
-Not implemented (``memory_bank=semantic`` raises NotImplementedError): the semantic-aware memory
-bank (Eq. 5) and the 40-epoch fine-tuning of SAM2 with it; the generalist is used frozen and each
-object is tracked by sam2's own memory bank (or slice-to-slice box propagation for SAM-family
-models, which have no memory attention).
+``memory_bank=semantic`` (seed 000's SA-MB, Sec. 2.3, Eq. 5; needs ``generalist=sam2_hiera_*``):
+``samb_finetune``
+    Once, after ``pretrain``: a copy of the SAM2 generalist with one memory-encoder branch per
+    semantic group (bone, cartilage; copies of SAM2's pretrained memory encoder) is fine-tuned on
+    clips of ``samb_clip`` consecutive slices of the labeled volumes (l.109: "the training data
+    are the same as used in the pre-training of UNet"): one object per label present on the clip's
+    first slice, prompted there only (bones a box, cartilage points), propagated through the clip
+    with memory as sam2 trains, loss 0.5 (CE + Dice) of every object over the clip. Length
+    ``samb_epochs`` (paper 40) x labeled cases iterations of one clip, unless
+    ``stages.samb_finetune.iterations`` says otherwise; optimiser from ``stages.samb_finetune``, by
+    default the paper's AdamW lr 5e-5 (constant, weight decay 0.01: not stated). The trained
+    tensors are the artifact ``artifacts/samb_finetune/weights.pt`` (reloaded on resume).
+    Each round's propagation then tracks every bone object of a volume, then every cartilage
+    object, with SA-MB memories (:mod:`fmssl_bench.foundation.sam2_memory` states its open choices:
+    per-object memories in groups, the bone union of a frame, the dilation, SAM2's FIFO).
+``memory_bank=plain`` (default): the generalist is used frozen and each object is tracked by sam2's
+own memory bank (or slice-to-slice box propagation for SAM-family models, which have no memory
+attention).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -73,6 +88,7 @@ from ..benchmark.protocol import TrainConfig
 from ..benchmark.views import LabeledView
 from ..errors import ConfigError
 from ..foundation.base import normalise_intensities
+from ..foundation.sam2_memory import GROUP_OF_KIND, SAMB_CHOICES, SemanticMemoryBank, SemanticSam2
 from .ifdl_uam import (
     accumulated_confidence,
     fixed_key_frames,
@@ -85,6 +101,7 @@ from .ifdl_uam import (
     object_prompts,
     parse_prompt_kinds,
     pass_moments,
+    slice_prompt,
 )
 from .losses import soft_target_ce_dice, supervised_loss
 from .registry import register_method
@@ -97,17 +114,23 @@ UNKNOWN = 255
 QUANT = 255.0
 """Confidence maps are stored as uint8 (1/255 steps): a round's history of a full LA set stays small."""
 
-SA_MB_MISSING = (
-    "--method-arg memory_bank=semantic: the semantic-aware memory bank of seed 000 (Eq. 5: memories grouped by "
-    "label, F_bone = CxBlock(Conv(I_seg,bone) + Conv(F_I)), F_cart from dil(I_bone) & dil(I_cart) | I_cart) needs new "
-    "trainable branches in sam2's memory encoder and the paper's 40-epoch fine-tuning of SAM2 on the labeled volumes; "
-    "neither is implemented. memory_bank=plain tracks each object with the generalist's own propagation")
+SA_MB_NEEDS_SAM2 = (
+    "--method-arg memory_bank=semantic: the semantic-aware memory bank of seed 000 (Eq. 5) adds semantic branches to "
+    "SAM2's memory encoder and groups SAM2's memories by label; generalist={name} has no memory bank (SAM-family "
+    "models propagate slice to slice). Use --method-arg generalist=sam2_hiera_t/s/b+/l with "
+    "--method-arg fm_checkpoint=<a SAM2.1 checkpoint> (or $FMSSL_WEIGHTS/sam2/), or memory_bank=plain")
+SAMB_STAGE = "samb_finetune"
+SAMB_PAPER_STAGE = dict(optimizer="adamw", lr=5e-5, weight_decay=0.01, schedule="constant", batch_size=1,
+                        labeled_bs=1, augment=())
+"""Seed 000 l.109: AdamW, lr 5e-5 (weight decay and schedule not stated: AdamW's usual 0.01, constant); one clip
+per iteration. Used where the protocol has no ``stages.samb_finetune``."""
 
 
 def propagate_objects(fm: Any, image: np.ndarray, masks: np.ndarray, frames: Sequence[int], kinds: Sequence[str],
                       n_neg: int, rng: np.random.Generator, max_distance: int | None,
                       objects: dict[str, int] | None = None, prompts_given: dict[str, int] | None = None,
-                      min_fraction: float = 0.0, label_objects: list[int] | None = None) -> np.ndarray:
+                      min_fraction: float = 0.0, label_objects: list[int] | None = None,
+                      memories: dict[str, int] | None = None) -> np.ndarray:
     """Per-label foreground probabilities ``(K - 1, *spatial)`` of one volume from its UAM masks.
 
     Each 3D component of each label's mask (``masks``: ``(K - 1, *spatial)``) is prompted on the
@@ -115,10 +138,17 @@ def propagate_objects(fm: Any, image: np.ndarray, masks: np.ndarray, frames: Seq
     the generalist ``fm`` (``segment_volume``: slice-to-slice boxes, or sam2's video predictor);
     a label's map is the maximum over its objects. ``objects`` / ``prompts_given`` count per kind,
     ``label_objects`` per label; components under ``min_fraction`` of a label's largest get no prompt.
+
+    With ``fm`` a :class:`SemanticSam2` (SA-MB) the volume is one session: the box (bone) labels'
+    objects are tracked first, so the cartilage memories can read the bone segmentation of each
+    frame; ``memories`` counts the memories written per group.
     """
     probs = np.zeros(masks.shape, np.float32)
     volume01 = normalise_intensities(image)  # once per volume: segment_volume keeps [0, 1] RGB as it is
-    for label, kind in enumerate(kinds):
+    session = fm.volume(volume01, SLICE_AXIS) if isinstance(fm, SemanticSam2) else None
+    order = sorted(range(len(kinds)), key=lambda l: GROUP_OF_KIND[kinds[l]] != "bone") if session else range(len(kinds))
+    for label in order:
+        kind = kinds[label]
         for prompts in object_prompts(masks[label], frames, kind, SLICE_AXIS, n_neg, rng, min_fraction):
             if objects is not None:
                 objects[kind] += 1
@@ -126,9 +156,39 @@ def propagate_objects(fm: Any, image: np.ndarray, masks: np.ndarray, frames: Seq
                 label_objects[label] += 1
             if prompts_given is not None:
                 prompts_given[kind] += len(prompts)
-            probs[label] = np.maximum(probs[label], fm.segment_volume(volume01, prompts, axis=SLICE_AXIS,
-                                                                      max_distance=max_distance))
+            found = (session.segment(prompts, kind, max_distance) if session is not None else
+                     fm.segment_volume(volume01, prompts, axis=SLICE_AXIS, max_distance=max_distance))
+            probs[label] = np.maximum(probs[label], found)
+    if session is not None and memories is not None:
+        for group, n in session.bank.counts().items():
+            memories[group] = memories.get(group, 0) + n
     return probs
+
+
+class ClipBatches:
+    """SA-MB fine-tuning batches: one clip of ``frames`` consecutive slices of a labeled volume per iteration.
+
+    The case is drawn uniformly; the clip starts on a slice with foreground (its first slice holds
+    the prompts) when there is one. Every draw derives from ``(key, iteration)``, so a resumed stage
+    sees the clips an uninterrupted one would.
+    """
+
+    def __init__(self, view: LabeledView, frames: int) -> None:
+        self.view, self.frames = view, frames
+
+    def __call__(self, iteration: int, key: Sequence[int]) -> Batch:
+        rng = np.random.default_rng([*key, iteration])
+        k = int(rng.integers(len(self.view)))
+        image, label = self.view.images[k], self.view.labels[k]
+        n = label.shape[SLICE_AXIS]
+        length = min(self.frames, n)
+        starts = np.arange(n - length + 1)
+        with_fg = [s for s in starts if np.take(label, s, axis=SLICE_AXIS).any()]
+        start = int(rng.choice(with_fg if with_fg else starts))
+        clip = slice(start, start + length)
+        return Batch(torch.from_numpy(np.ascontiguousarray(image[..., clip]))[None],
+                     torch.from_numpy(np.ascontiguousarray(label[..., clip]).astype(np.int64))[None], None,
+                     [self.view.ids[k]], [])
 
 
 @register_method
@@ -160,11 +220,18 @@ class IFDL(Method):
         "pl_cases": Arg(0, int, "unlabeled cases pseudo-labelled per round, a fixed seeded subset (0: all, the paper; "
                         "smoke protocols thin it)", ge=0),
         "memory_bank": Arg("plain", Literal["plain", "semantic"], "plain: the generalist's own propagation; "
-                           "semantic: seed 000's SA-MB (not implemented)"),
+                           "semantic: seed 000's SA-MB (Eq. 5; needs generalist=sam2_hiera_*), fine-tuned once in "
+                           "stage samb_finetune"),
+        "samb_dilation": Arg(8, int, "SA-MB: dilation radius of Eq. 5 in pixels of SAM2's input grid (image_size; "
+                             "not stated)", ge=0),
+        "samb_epochs": Arg(40, int, "SA-MB fine-tuning epochs (paper 40); an epoch is one clip per labeled case, "
+                           "unless stages.samb_finetune.iterations is set", ge=1),
+        "samb_clip": Arg(8, int, "SA-MB fine-tuning clip length in slices (not stated; sam2's training clips "
+                         "have 8 frames)", ge=1),
     }
     deviations = [
-        "the generalist is frozen: the 40-epoch fine-tuning of SAM2 with the semantic-aware memory bank (Eq. 5) is not "
-        "implemented; objects are propagated by the generalist's own mechanism (memory_bank=plain)",
+        "memory_bank=plain (default): the generalist is frozen and objects are propagated by its own mechanism; "
+        "memory_bank=semantic: the SA-MB of Eq. 5 fine-tuned once (stage samb_finetune), see the SA-MB entries",
         "SAM-family generalists (litemedsam, mobilesam) propagate slice to slice with the previous slice's box and have "
         "no memory attention; sam2_hiera_* use sam2's video predictor",
         "open choices: N=mc_passes MC-dropout passes with the protocol network's dropout (no input noise), C = 1 - U with "
@@ -188,14 +255,30 @@ class IFDL(Method):
 
     @classmethod
     def stages_used(cls, args: dict[str, Any]) -> tuple[str, ...]:
-        return ("pretrain", "round") + tuple(f"round{r}" for r in range(1, args["rounds"] + 1))
+        samb = (SAMB_STAGE,) if args["memory_bank"] == "semantic" else ()
+        return ("pretrain", "round") + samb + tuple(f"round{r}" for r in range(1, args["rounds"] + 1))
+
+    @classmethod
+    def samb_config(cls, protocol) -> TrainConfig:
+        """``stages.samb_finetune`` over ``train``, else the paper's fine-tuning (:data:`SAMB_PAPER_STAGE`)."""
+        if SAMB_STAGE in protocol.stages:
+            return protocol.stage_config(SAMB_STAGE)
+        return dataclasses.replace(protocol.train, **SAMB_PAPER_STAGE)
 
     @classmethod
     def check(cls, args: dict[str, Any], protocol) -> None:
         super().check(args, protocol)
         cls.generalists_used(args)
         if args["memory_bank"] == "semantic":
-            raise NotImplementedError(SA_MB_MISSING)
+            from ..foundation.registry import get_spec
+
+            if get_spec(args["generalist"]).family != "sam2":
+                raise ConfigError(SA_MB_NEEDS_SAM2.format(name=args["generalist"]))
+            config = cls.samb_config(protocol)
+            if config.batch_size != 1:
+                raise ConfigError(f"{protocol.where}: stages.{SAMB_STAGE}.batch_size {config.batch_size}: SA-MB "
+                                  "fine-tuning takes one clip per iteration (sam2 trains one video at a time); "
+                                  "expected 1")
         if not protocol.net.dropout:
             raise ConfigError(f"{protocol.where}: net.dropout false: ifdl's uncertainty is the variance of MC-dropout "
                               "passes (Eq. 1); expected net.dropout: true")
@@ -212,6 +295,14 @@ class IFDL(Method):
         self.index = {case_id: i for i, case_id in enumerate(self.ctx.unlabeled.ids)}
         self.cases = self.pseudo_label_cases()
         self.facts: dict[str, Any] = {}
+        self.samb: SemanticSam2 | None = None
+        if self.args["memory_bank"] == "semantic":
+            from ..foundation.sam2 import Sam2Generalist
+
+            fm = self.ctx.generalist(self.args["generalist"], self.args["fm_checkpoint"])
+            if not isinstance(fm, Sam2Generalist):
+                raise ConfigError(SA_MB_NEEDS_SAM2.format(name=self.args["generalist"]))
+            self.samb = SemanticSam2(fm, dilation=self.args["samb_dilation"])
 
     def prompt_kinds(self) -> list[str]:
         """Box or points per foreground label: the argument, or (auto) read from the data set's class names."""
@@ -260,6 +351,8 @@ class IFDL(Method):
     # -- the rounds -----------------------------------------------------------------------------------
     def fit(self) -> nn.Module:
         self.train_on("pretrain", self.ctx.labeled, self.ctx.stage_config("pretrain"))
+        if self.samb is not None:
+            self.finetune_samb()
         for r in range(1, self.args["rounds"] + 1):
             confidence = self.ctx.artifacts.cached(f"round{r}", "confidence", "arrays", lambda: self.confidence_maps(r))
             if self.ctx.score_pseudo_labels is not None:  # the runner drops rows it already has (resume)
@@ -284,6 +377,61 @@ class IFDL(Method):
         # config may be another section's (stages.round): its length is the request; the CLI still overrides it
         self.ctx.train(self, stage=stage, config=config, batches=batches, iterations=config.iterations,
                        uses_unlabeled=False, step=step)
+
+    # -- SA-MB fine-tuning (seed 000 l.109) --------------------------------------------------------------
+    def finetune_samb(self) -> None:
+        """Stage ``samb_finetune`` on clips of the labeled cases; its trained tensors become an artifact.
+
+        The loop skips a finished stage and reloads its checkpoint; the artifact (saved once, read
+        back with ``torch.load(weights_only=True)``) is then loaded, so later rounds use exactly the
+        stored weights.
+        """
+        assert self.samb is not None
+        protocol = self.ctx.protocol
+        config = self.samb_config(protocol)
+        given = "iterations" in protocol.stages.get(SAMB_STAGE, {})
+        request = None if given else self.args["samb_epochs"] * len(self.ctx.labeled)
+        self.ctx.train(self, stage=SAMB_STAGE, config=config, iterations=request,
+                       batches=ClipBatches(self.ctx.labeled, self.args["samb_clip"]), step=self.samb_step,
+                       after_step=lambda iteration: None, modules={"samb": self.samb.trained},
+                       trainable=self.samb.trainable_parameters(), uses_unlabeled=False)
+        state = self.ctx.artifacts.cached(SAMB_STAGE, "weights", "state", lambda: self.samb.trained.state_dict())
+        self.samb.trained.load_state_dict(state)
+        self.samb.eval()
+
+    def samb_step(self, batch: Batch, iteration: int) -> StepOutput:
+        """One clip: every label on its first slice is an object prompted there (box or points), tracked with
+        SA-MB through the clip (bones first, so the cartilage memories see them); 0.5 (CE + Dice) per object."""
+        samb = self.samb
+        assert samb is not None
+        samb.train()
+        image, label = batch.image_l[0].cpu().numpy(), batch.label_l[0].cpu().numpy()
+        slices01, _ = samb.generalist._volume_slices(image, SLICE_AXIS)
+        frames = samb.encode_frames(slices01)
+        rows, cols, n = label.shape
+        rng = np.random.default_rng([self.ctx.seed, 29, iteration])
+        bank = SemanticMemoryBank(int(samb.sam.num_maskmem))
+        bone: torch.Tensor | None = None
+        losses = []
+        for index in sorted(range(len(self.kinds)), key=lambda l: GROUP_OF_KIND[self.kinds[l]] != "bone"):
+            target = label == index + 1
+            if not target[..., 0].any():
+                continue
+            group = GROUP_OF_KIND[self.kinds[index]]
+            prompt = slice_prompt(target[..., 0], self.kinds[index], self.args["n_neg"], rng)
+            logits = samb.track(frames, {0: samb.point_inputs(prompt, rows, cols)}, group, bank, bone)
+            low = torch.cat([logits[f] for f in range(n)])  # (n, 1, h, w), sam2's low-resolution logits
+            if group == "bone":
+                bone = low if bone is None else torch.maximum(bone, low)
+            up = F.interpolate(low, (rows, cols), mode="bilinear", align_corners=False)
+            two_class = torch.cat([torch.zeros_like(up), up], 1)  # softmax over (0, z) is sigmoid(z)
+            truth = torch.from_numpy(np.moveaxis(target, -1, 0).astype(np.int64)).to(up.device)
+            losses.append(supervised_loss(two_class, truth))
+        if not losses:  # no label on the first slice (a clip of background): nothing to learn from
+            zero = torch.zeros((), device=samb.device, requires_grad=True)
+            return StepOutput(zero, {"loss_samb": 0.0, "samb_objects": 0.0})
+        loss = torch.stack(losses).mean()
+        return StepOutput(loss, {"loss_samb": float(loss.detach()), "samb_objects": float(len(losses))})
 
     @torch.no_grad()
     def mc_moments(self, image: np.ndarray, r: int, case: int) -> tuple[np.ndarray, np.ndarray]:
@@ -324,7 +472,9 @@ class IFDL(Method):
 
     def pseudo_labels(self, r: int) -> dict[str, np.ndarray]:
         """Accumulated confidence -> masks -> prompts on key frames -> generalist propagation -> label maps."""
-        fm = self.ctx.generalist(self.args["generalist"], self.args["fm_checkpoint"])
+        fm = self.samb if self.samb is not None else self.ctx.generalist(self.args["generalist"],
+                                                                         self.args["fm_checkpoint"])
+        memories: dict[str, int] = {}
         current = self.ctx.artifacts.load(f"round{r}", "confidence", "arrays")
         history = self.history(r)
         distance = self.args["max_distance"] or None
@@ -342,7 +492,7 @@ class IFDL(Method):
             rng = np.random.default_rng([self.ctx.seed, r, k])
             per_label = [0] * len(self.kinds)
             probs = propagate_objects(fm, image, masks, frames, self.kinds, self.args["n_neg"], rng, distance,
-                                      objects, prompts_given, self.args["min_component"], per_label)
+                                      objects, prompts_given, self.args["min_component"], per_label, memories)
             pseudo = fuse_label_probabilities(probs)
             unet = current[f"{case_id}::unet"]
             for label, n in enumerate(per_label):  # no object of this label: its voxels are unknown, not background
@@ -355,6 +505,7 @@ class IFDL(Method):
             "cases": len(self.cases), "prompted_cases": prompted, "key_frames_per_case": float(np.mean(frames_per_case)) if frames_per_case else 0.0,
             "objects": objects, "key_frame_prompts": prompts_given,
             "history_rounds": r if self.args["uam"] else 1,
+            **({"samb_memories": memories} if self.samb is not None else {}),
             "pseudo_foreground_fraction": float(np.mean([((out[i] > 0) & (out[i] != UNKNOWN)).mean() for i in self.cases]))
             if out else 0.0,
             "unknown_fraction": float(np.mean([(out[i] == UNKNOWN).mean() for i in self.cases])) if out else 0.0,
@@ -366,6 +517,11 @@ class IFDL(Method):
         if not self.args["generalist"].startswith("sam2"):
             out.setdefault("deviations", []).insert(0, f"generalist {self.args['generalist']} instead of SAM2 (SAM2 "
                                                        "weights take a user checkpoint: generalist=sam2_hiera_*)")
+        if self.samb is not None:
+            out.setdefault("deviations", []).extend(SAMB_CHOICES + [
+                f"SA-MB fine-tuning: one epoch = one clip per labeled case (samb_epochs x labeled iterations unless "
+                f"stages.{SAMB_STAGE}.iterations is set); without stages.{SAMB_STAGE} the paper's AdamW lr 5e-5 with "
+                "weight decay 0.01 and a constant rate (neither stated); once, after the UNet's pre-training"])
         out["ifdl"] = {"generalist": self.args["generalist"], "prompt_kinds": self.kinds, "cases_per_round": len(self.cases),
-                       "rounds": self.facts}
+                       "memory_bank": self.args["memory_bank"], "rounds": self.facts}
         return out
