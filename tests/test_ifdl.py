@@ -91,13 +91,14 @@ def test_ifdl_rounds_with_litemedsam_on_multilabel_knees_then_resume_after_a_rou
     assert (record / "per_case.csv").read_text() == per_case  # the resumed run equals the uninterrupted one
 
 
-def test_ifdl_refuses_2d_data_a_net_without_dropout_and_the_missing_semantic_memory_bank(make_protocol, tmp_path, capsys):
+def test_ifdl_refuses_2d_data_a_net_without_dropout_and_a_semantic_memory_bank_without_sam2(make_protocol, tmp_path, capsys):
     out = tmp_path / "runs"
     base = ["--method", "ifdl", "--labeled", "4", "--no-progress", "--out", str(out)]
     assert main(base + ["--dataset", "synthetic-2d"]) == 2
     assert "--method ifdl" in capsys.readouterr().err
     assert main(base + ["--dataset", "synthetic-knee-3d", "--method-arg", "memory_bank=semantic"]) == 2
-    assert "semantic-aware memory bank" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "semantic-aware memory bank" in err and "generalist=litemedsam" in err
     no_dropout = make_protocol("synthetic-knee-3d", net={"dropout": False})
     assert main(base + ["--dataset", "synthetic-knee-3d", "--protocol", no_dropout]) == 2
     assert "net.dropout" in capsys.readouterr().err
