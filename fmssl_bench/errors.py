@@ -20,6 +20,10 @@ class ConfigError(FmsslError):
     """A flag, protocol file or registry name is invalid."""
 
 
+class RecordBusy(FmsslError):
+    """Another live process holds the record's lock (raised only when the caller chose not to wait)."""
+
+
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> ConfigError:
     """Error for an unknown registry entry that lists the valid names."""
     return ConfigError(f"unknown {kind} {name!r}; expected one of: {', '.join(sorted(valid))}")

@@ -49,3 +49,48 @@ def test_ray_grid_with_two_workers_writes_the_same_records(tmp_path, make_protoc
     assert names(local) == names(distributed) and len(names(local)) == 2  # same identities
     for path in distributed.glob("**/provenance.json"):
         assert json.loads(path.read_text())["torch_threads"] == 1  # --cpus-per-run 1
+
+
+HOLDER = """
+import pathlib, sys, time
+from filelock import FileLock
+lock_path, ready, root = map(pathlib.Path, sys.argv[1:4])
+lock_path.parent.mkdir(parents=True, exist_ok=True)
+lock = FileLock(str(lock_path))
+lock.acquire()
+ready.write_text("held")
+deadline = time.time() + 120
+while not list(root.glob("synthetic-2d/supervised/labeled-4/seed1/*/summary.json")) and time.time() < deadline:
+    time.sleep(0.05)
+lock.release()
+"""
+
+
+def test_local_grid_leaves_a_record_another_process_holds_for_the_end(tmp_path, make_protocol, capsys):
+    """Two grid processes on one list share the work: a held record is skipped, then revisited."""
+    import subprocess
+    import sys
+    import time
+
+    from fmssl_bench.benchmark.runner import RunSpec, prepare
+
+    out, ready = tmp_path / "runs", tmp_path / "ready"
+    args = _grid(make_protocol, out, methods="supervised")
+    proto = args[args.index("--protocol") + 1]
+    held = prepare(RunSpec(method="supervised", dataset="synthetic-2d", labeled="4", seed=0, protocol=proto,
+                           out=str(out))).record
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(held.lock_path), str(ready), str(out)])
+    try:
+        deadline = time.time() + 60
+        while not ready.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "the holder process did not take the lock"
+        assert main(args) == 0
+    finally:
+        holder.wait(timeout=120)
+    printed = capsys.readouterr().out
+    skipped = printed.index("supervised synthetic-2d labeled=4 seed=0 is being computed by another process")
+    seed1 = printed.index("done: supervised synthetic-2d labeled=4 seed=1")
+    seed0 = printed.index("done: supervised synthetic-2d labeled=4 seed=0")
+    assert skipped < seed1 < seed0  # the free record first, the held one once released
+    assert "2/2 records complete" in printed and held.complete

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ..errors import ConfigError, FmsslError
+from ..errors import ConfigError, FmsslError, RecordBusy
 from .runner import Prepared, RunSpec, execute, prepare
 
 EXECUTORS = ("local", "ray")
@@ -102,18 +102,44 @@ def _progress(report: Callable[[str], None], done: int, total: int, cell: Cell) 
 
 
 def _run_local(todo: list[Prepared], report, done: int, total: int) -> list[Cell]:
-    cells = []
+    """One record after the other; a record another process is computing is left for the end.
+
+    Why: the way to use two cores without Ray is two ``grid`` processes over the same cells. Each
+    one skips the records the other holds (instead of idling on their locks) and comes back to
+    them once its own work is done, waiting then if they are still running (they are then cache
+    hits, or resumed where a killed holder left them).
+    """
+    cells, busy = [], []
     for prep in todo:
-        start = time.time()
-        try:
-            summary = execute(prep)
-            cell = Cell(prep.spec, "done", str(prep.directory), _dice(summary), time.time() - start)
-        except FmsslError as err:
-            cell = Cell(prep.spec, "failed", str(prep.directory), None, time.time() - start, str(err))
+        cell = _run_local_cell(prep, wait=False)
+        if cell is None:
+            report(f"grid: {_label(prep.spec)} is being computed by another process; back to it at the end")
+            busy.append(prep)
+            continue
+        cells.append(cell)
+        done += 1
+        _progress(report, done, total, cell)
+    for prep in busy:
+        cell = _run_local_cell(prep, wait=prep.spec.wait)
+        assert cell is not None
         cells.append(cell)
         done += 1
         _progress(report, done, total, cell)
     return cells
+
+
+def _run_local_cell(prep: Prepared, wait: bool) -> Cell | None:
+    """Execute one record; None when another process holds it and ``wait`` is False."""
+    start = time.time()
+    try:
+        summary = execute(dataclasses.replace(prep, spec=dataclasses.replace(prep.spec, wait=wait)))
+    except RecordBusy as err:
+        if not wait and prep.spec.wait:
+            return None
+        return Cell(prep.spec, "failed", str(prep.directory), None, time.time() - start, str(err))
+    except FmsslError as err:
+        return Cell(prep.spec, "failed", str(prep.directory), None, time.time() - start, str(err))
+    return Cell(prep.spec, "done", str(prep.directory), _dice(summary), time.time() - start)
 
 
 def _run_ray(todo: list[Prepared], address: str | None, workers: int | None, cpus_per_run: int, report,

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import torch
 
-from ...errors import FmsslError
+from ...errors import FmsslError, RecordBusy
 from .identity import canonical_json, digest, row_identity
 
 
@@ -199,7 +199,7 @@ class Record:
             except Timeout:
                 holder = describe_owner(self._read_owner(retries=10))
                 if not wait:
-                    raise FmsslError(f"{self.directory}: being computed by {holder}; wait for it to finish "
+                    raise RecordBusy(f"{self.directory}: being computed by {holder}; wait for it to finish "
                                      "(run without --no-wait) or rerun later") from None
                 say(f"waiting for {self.directory} (held by {holder})")
                 lock.acquire()
