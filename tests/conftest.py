@@ -78,3 +78,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+SAM2_TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+"""sam2's smallest configuration: with random weights, the real SAM2 code at test cost (no SAM2 weights here)."""
+
+
+@pytest.fixture(scope="module")
+def random_init_sam2():
+    """sam2's real video predictor (hiera-t at 256 px), randomly initialised: no SAM2 weights can be had here."""
+    import torch
+
+    from fmssl_bench.foundation import Sam2Generalist, build_sam2_model
+
+    torch.manual_seed(0)
+    model = build_sam2_model(SAM2_TINY_CONFIG, hydra_overrides=["++model.image_size=256"])
+    return Sam2Generalist("sam2_hiera_t", model)

@@ -108,16 +108,6 @@ def test_ifdl_refuses_2d_data_a_net_without_dropout_and_a_semantic_memory_bank_w
 
 
 # -- SAM2: sam2's real video predictor, randomly initialised (no SAM2 weights can be had here) ----------
-SAM2_TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
-
-
-@pytest.fixture(scope="module")
-def random_init_sam2():
-    from fmssl_bench.foundation import Sam2Generalist, build_sam2_model
-
-    torch.manual_seed(0)
-    model = build_sam2_model(SAM2_TINY_CONFIG, hydra_overrides=["++model.image_size=256"])
-    return Sam2Generalist("sam2_hiera_t", model)
 
 
 def test_random_init_sam2_propagates_box_and_point_objects_from_key_frames(random_init_sam2):

@@ -25,18 +25,8 @@ from fmssl_bench.methods.ifdl_uam import slice_prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SAM2_TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 SHAPE = (32, 32, 10)
 KINDS = "box,points,box,points"
-
-
-@pytest.fixture(scope="module")
-def random_init_sam2():
-    from fmssl_bench.foundation import Sam2Generalist, build_sam2_model
-
-    torch.manual_seed(0)
-    model = build_sam2_model(SAM2_TINY_CONFIG, hydra_overrides=["++model.image_size=256"])
-    return Sam2Generalist("sam2_hiera_t", model)
 
 
 @pytest.fixture(scope="module")
