@@ -70,8 +70,14 @@ def run_cell(spec: RunSpec, threads: int | None = None) -> dict[str, Any]:
     return execute(prepare(spec))
 
 
+def report_line(line: str) -> None:
+    """Grid progress on stdout, flushed: a grid usually runs for hours into a log file (``nohup ... > log``),
+    where block buffering would hold its progress lines back behind the runs' unbuffered stderr."""
+    print(line, flush=True)
+
+
 def run_grid(specs: Sequence[RunSpec], executor: str = "local", address: str | None = None, workers: int | None = None,
-             cpus_per_run: int = 1, report: Callable[[str], None] = print) -> list[Cell]:
+             cpus_per_run: int = 1, report: Callable[[str], None] = report_line) -> list[Cell]:
     """Run every missing record of ``specs``; see the module docstring."""
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
