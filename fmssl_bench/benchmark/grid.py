@@ -137,6 +137,7 @@ def _run_local(todo: list[Prepared], report, done: int, total: int) -> list[Cell
 def _run_local_cell(prep: Prepared, wait: bool) -> Cell | None:
     """Execute one record; None when another process holds it and ``wait`` is False."""
     start = time.time()
+    finished_elsewhere = prep.record.complete and not prep.spec.force  # by another process since the plan
     try:
         summary = execute(dataclasses.replace(prep, spec=dataclasses.replace(prep.spec, wait=wait)))
     except RecordBusy as err:
@@ -145,7 +146,8 @@ def _run_local_cell(prep: Prepared, wait: bool) -> Cell | None:
         return Cell(prep.spec, "failed", str(prep.directory), None, time.time() - start, str(err))
     except FmsslError as err:
         return Cell(prep.spec, "failed", str(prep.directory), None, time.time() - start, str(err))
-    return Cell(prep.spec, "done", str(prep.directory), _dice(summary), time.time() - start)
+    return Cell(prep.spec, "cached" if finished_elsewhere else "done", str(prep.directory), _dice(summary),
+                time.time() - start)
 
 
 def _run_ray(todo: list[Prepared], address: str | None, workers: int | None, cpus_per_run: int, report,
