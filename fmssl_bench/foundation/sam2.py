@@ -53,6 +53,28 @@ def build_sam2_model(
     return model
 
 
+def sam2_point_prompts(
+    prompts: Sequence[Prompts], rows: int, cols: int, image_size: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """sam2's point inputs of same-layout prompts: ``(B, N, 2)`` coordinates on the model's square
+    input grid (scaled per axis, as ``SAM2Transforms``) and ``(B, N)`` labels, the box as two
+    corner points (labels 2, 3) before the clicks; None when the prompts have neither."""
+    first = prompts[0]
+    coords: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    if first.box is not None:
+        coords.append(np.stack([p.box.reshape(2, 2) for p in prompts]))
+        labels.append(np.tile(np.array(BOX_CORNER_LABELS), (len(prompts), 1)))
+    if first.points is not None:
+        point_coords, point_labels = stacked_points(prompts)
+        coords.append(point_coords)
+        labels.append(point_labels)
+    if not coords:
+        return None
+    scale = np.array([image_size / cols, image_size / rows], dtype=np.float32)
+    return np.concatenate(coords, axis=1) * scale, np.concatenate(labels, axis=1)
+
+
 @contextmanager
 def _frames_as_video(frames: torch.Tensor, height: int, width: int) -> Iterator[None]:
     """``init_state`` only reads JPEG folders or MP4 files; hand it in-memory slices instead."""
@@ -132,22 +154,12 @@ class Sam2Generalist(Generalist):
 
     def _decode(self, embedding: Embedding, prompts: list[Prompts], multimask: bool) -> torch.Tensor:
         model, first = self._model, prompts[0]
-        h, w = embedding.original_size
-        scale = np.array([self.image_size / w, self.image_size / h], dtype=np.float32)
-        coords: list[np.ndarray] = []
-        labels: list[np.ndarray] = []
-        if first.box is not None:
-            coords.append(np.stack([p.box.reshape(2, 2) for p in prompts]))
-            labels.append(np.tile(np.array(BOX_CORNER_LABELS), (len(prompts), 1)))
-        if first.points is not None:
-            point_coords, point_labels = stacked_points(prompts)
-            coords.append(point_coords)
-            labels.append(point_labels)
         points = None
-        if coords:
+        found = sam2_point_prompts(prompts, *embedding.original_size, self.image_size)
+        if found is not None:
             points = (
-                torch.as_tensor(np.concatenate(coords, axis=1) * scale, device=self.device),
-                torch.as_tensor(np.concatenate(labels, axis=1), dtype=torch.int32, device=self.device),
+                torch.as_tensor(found[0], device=self.device),
+                torch.as_tensor(found[1], dtype=torch.int32, device=self.device),
             )
         masks = None
         if first.mask is not None:

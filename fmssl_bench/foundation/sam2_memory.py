@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Prompts, check_slice_keys
-from .sam2 import BOX_CORNER_LABELS, Sam2Generalist
+from .sam2 import Sam2Generalist, sam2_point_prompts
 
 GROUPS = ("bone", "cart")
 GROUP_OF_KIND = {"box": "bone", "points": "cart"}
@@ -182,19 +182,12 @@ class SemanticSam2(nn.Module):
 
     def point_inputs(self, prompt: Prompts, rows: int, cols: int) -> dict[str, torch.Tensor]:
         """sam2's ``point_inputs`` for one prompt: box corners (labels 2, 3) first, then the clicks, on sam2's grid."""
-        coords, labels = [], []
-        if prompt.box is not None:
-            coords.append(prompt.box.reshape(2, 2))
-            labels.append(np.array(BOX_CORNER_LABELS))
-        if prompt.points is not None:
-            coords.append(prompt.points)
-            labels.append(prompt.point_labels)
-        if not coords:
+        found = sam2_point_prompts([prompt], rows, cols, self.image_size)
+        if found is None:
             raise ValueError("SA-MB tracking takes box or point prompts (a mask-only prompt has neither)")
-        scale = np.array([self.image_size / cols, self.image_size / rows], dtype=np.float32)
-        xy = torch.as_tensor(np.concatenate(coords) * scale, dtype=torch.float32, device=self.device)[None]
-        return {"point_coords": xy, "point_labels": torch.as_tensor(np.concatenate(labels), dtype=torch.int32,
-                                                                        device=self.device)[None]}
+        xy, labels = found
+        return {"point_coords": torch.as_tensor(xy, dtype=torch.float32, device=self.device),
+                "point_labels": torch.as_tensor(labels, dtype=torch.int32, device=self.device)}
 
     # ----------------------------------------------------------------- tracking one object
     def track(self, frames: list[FrameFeatures], prompts: dict[int, dict[str, torch.Tensor]], group: str,

@@ -191,7 +191,7 @@ class SamDSK(ComposedMethod):
 
         fresh = not self.ctx.artifacts.has(stage, "selection", "json")
         selection = self.ctx.artifacts.cached(stage, "selection", "json", compute_selection)
-        if not annotations:  # a resumed run: the artifact of the interrupted one
+        if not fresh:  # a resumed run: the artifact of the interrupted one
             annotations = self.ctx.artifacts.load(stage, "annotations", "arrays")
         chosen = selection["accepted"]
         accepted = set(chosen)
