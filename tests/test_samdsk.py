@@ -160,6 +160,56 @@ def test_samdsk_with_real_mobilesam_records_rounds_and_resumes_a_killed_round(tm
     assert again is None  # the resumed run read round 1's selection back from its artifact: no SAM call
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_processes_sharing_the_proposal_cache_never_compute_an_image_twice(tmp_path):
+    """Real MobileSAM (2 x 2 point grid). Another holder of an image's claim (a second lock on the file,
+    as another process would hold it) makes ``fill`` leave that image for the end: one holder writes its
+    entry (read back here, not recomputed), the other releases without one (it died: computed here)."""
+    import threading
+    import time
+
+    from filelock import FileLock
+
+    from fmssl_bench.foundation.proposals import ProposalCache, ProposalSettings, to_uint8_rgb
+
+    fm = _mobilesam_or_skip()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    images = [np.stack([0.2 + 0.6 * (((yy - 32) ** 2 + (xx - 20 - 6 * k) ** 2) <= 100) + rng.normal(0, 0.02, (64, 64))] * 3)
+              for k in range(4)]
+    ours = ProposalCache(fm, ProposalSettings(points_per_side=2), tmp_path)
+    other = ProposalCache(fm, ProposalSettings(points_per_side=2), tmp_path)
+    keys = [ours.key(to_uint8_rgb(image)) for image in images]
+    ours.claim_path(keys[0]).parent.mkdir(parents=True)
+    claimed = threading.Event()
+
+    def other_processes():
+        writes, dies = FileLock(str(ours.claim_path(keys[0]))), FileLock(str(ours.claim_path(keys[1])))
+        writes.acquire()
+        dies.acquire()
+        claimed.set()
+        deadline = time.time() + 120
+        while ours.stats["computed"] < 2 and time.time() < deadline:  # fill went past both claimed images
+            time.sleep(0.05)
+        other.masks(images[0])
+        writes.release()
+        dies.release()
+
+    helper = threading.Thread(target=other_processes)
+    helper.start()
+    assert claimed.wait(30)
+    lines: list[str] = []
+    ours.fill(images, say=lines.append, every=1)
+    helper.join()
+    assert ours.stats["computed"] == 3 and ours.stats["by_others"] == 1 and ours.stats["hits"] == 1
+    assert other.stats["computed"] == 1
+    assert lines and lines[-1].startswith("SAM proposals: 4/4 images")
+    assert all((tmp_path / "proposals" / f"{key}.json").is_file() for key in keys)
+    np.testing.assert_array_equal(ours.masks(images[0]), other.masks(images[0]))
+    ours.fill(images)  # all cached: nothing computed again
+    assert ours.stats["computed"] == 3
+
+
 def test_samdsk_refuses_a_generalist_without_automatic_masks_and_3d(tmp_path, make_protocol, capsys):
     from fmssl_bench.benchmark.cli import main
 

@@ -31,7 +31,7 @@ queue() {
     # unlabeled images every iteration, ~0.1-0.2 s per prompt; the image embeddings are cached)
     semisam_plus) grid --methods semisam_plus --datasets kvasir --budgets 5%,10% --seeds 0,1,2 --protocol kvasir-cpu ;;
     # issue 12: samdsk vs supervised at 10 % (the proposals of ~900 images, 10-17 s each, fill the cache once;
-    # 85 % of that is SAM's mask decoder, once per grid point; then ~15 min per record)
+    # 85 % of that is SAM's mask decoder, once per grid point; two invocations split the images; then ~15 min per record)
     samdsk) grid --methods samdsk --datasets kvasir --budgets 10% --seeds 0,1,2 --protocol kvasir-cpu ;;
     # issue 13: ifdl vs supervised on la-cpu at 8 labeled (pre-train + 2 rounds of MC dropout, LiteMedSAM
     # propagation over 22 unlabeled volumes and 300 re-training iterations)

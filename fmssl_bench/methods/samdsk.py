@@ -180,6 +180,7 @@ class SamDSK(ComposedMethod):
 
         def compute_selection() -> dict[str, Any]:
             betas, feasible = {}, {}
+            self.proposal_cache().fill([images[i] for i in ids], say=self.ctx.say)  # shares the work with other processes
             for case_id, probs in zip(ids, self.foreground_probs([images[i] for i in ids])):
                 proposals = self.proposal_cache().masks(images[case_id])
                 match = optimal_matching(probs, proposals, lower, upper)

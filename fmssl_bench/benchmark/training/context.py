@@ -65,6 +65,11 @@ class RunContext:
     def __post_init__(self) -> None:
         self.artifacts = ArtifactStore(Path(self.run_dir) / "artifacts")
 
+    @staticmethod
+    def say(message: str) -> None:
+        """A progress or note line on stderr, flushed (methods' long non-training steps report through it)."""
+        say(message)
+
     # -- foundation models --------------------------------------------------------------------
     def generalist(self, name: str, checkpoint: str | None = None):
         """A frozen foundation model, built once per run; embeddings cached on disk in the record."""
