@@ -187,6 +187,24 @@ def test_an_iterations_override_is_a_reason():
     assert row["paper_dice"] == "not comparable: override iterations=10"
 
 
+def test_text_tables_give_each_distinct_reason_once_below_the_table():
+    import re
+
+    table = aggregate([make_summary(protocol_changes={"train.iterations": 24}),
+                       make_summary(method="supervised", labeled="4", n=(4, 26, 20), protocol_changes={"train.iterations": 24}),
+                       make_summary(labeled="4", n=(4, 26, 20), protocol_changes={"train.iterations": 24}),
+                       make_summary()])
+    md = render(table, "md")
+    notes = dict(re.findall(r"^- \[(\d+)\] (.*)$", md, flags=re.M))
+    assert len(notes) == len({r["paper_dice"].partition("not comparable: ")[2] for r in table}) == 3
+    for r in table:  # each row's cell points at its own reasons, given once below the table
+        head, _, why = r["paper_dice"].partition("not comparable: ")
+        (k,) = [k for k, text in notes.items() if text == why]
+        assert f"| {head}not comparable [{k}]" in md
+    assert md.count("not comparable [") == 4 and "not comparable:" not in md.split("why not comparable")[0]
+    assert all(r["paper_dice"] in render(table, "csv") for r in table)  # the CSV keeps every row's own text
+
+
 def test_changed_method_args_and_metric_definitions_are_reasons():
     assert only_row(make_summary(method_args={"consistency": 50}))["paper_dice"] == \
         "not comparable: consistency 50 ≠ 0.1"

@@ -388,6 +388,7 @@ def render(table: list[dict[str, Any]], fmt: str = "md") -> str:
         notes = [LEGEND, *stat_legend] + [f"distance metrics: {i}" for i in ids]
         note = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
         return f"<!doctype html><meta charset='utf-8'><title>fmssl-bench leaderboard</title>{body}{note}\n"
+    rows, notes = _footnoted(rows)
     text = tabulate(rows, headers=cols, tablefmt="github" if fmt == "md" else "simple")
     legend = f"\n\n{LEGEND}" + (f"; distances in the units of the ids: {'; '.join(ids)}" if ids else "")
     zero = sum(1 for r in table if r.get("empty_policy_zero"))
@@ -396,7 +397,30 @@ def render(table: list[dict[str, Any]], fmt: str = "md") -> str:
                    "SemiSAM / SFR test code's convention, for comparison with those papers only): their empty pred "
                    "cell says so and counts the predictions scored 0")
     legend += "".join(f"\n\n{t}" for t in stat_legend)
+    if notes:
+        legend += "\n\npaper Dice %, why not comparable:\n" + "\n".join(
+            f"- [{k}] {why}" for k, why in enumerate(notes, 1))
     return text + (legend if table else "") + "\n"
+
+
+def _footnoted(rows: list[list[Any]]) -> tuple[list[list[Any]], list[str]]:
+    """Text tables: each distinct "not comparable: <reasons>" of the paper cell (the last column) becomes
+    ``not comparable [k]`` with the reasons once below the table.
+
+    Why: the reasons run to hundreds of characters and are mostly the same for every row of a protocol
+    (a CPU tier differs from the paper in the same ten settings), so inline they make a table nobody can
+    read; the CSV and the HTML page keep them per row.
+    """
+    notes: dict[str, int] = {}
+    out = []
+    for row in rows:
+        cell = str(row[-1])
+        head, sep, why = cell.partition("not comparable: ")
+        if sep:
+            k = notes.setdefault(why, len(notes) + 1)
+            cell = f"{head}not comparable [{k}]"
+        out.append([*row[:-1], cell])
+    return out, list(notes)
 
 
 def _render_csv(table: list[dict[str, Any]]) -> str:
