@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--write", default="leaderboards", help="folder for the md/csv/html files ('' to skip)")
     lb.add_argument("--compare", metavar="A,B", help="paired test of method A against method B (Dice, per test case, "
                     "seed-averaged) for every setting both were run in, instead of the table")
+    lb.add_argument("--rounds", action="store_true", help="per-round table of iterative methods (test Dice after each "
+                    "round, pseudo-label Dice, accepted images ...), one row per record and round, instead of the table")
+    lb.add_argument("--method", help="with --rounds: only this method's records")
     cd = sub.add_parser("check-data", help="verify a dataset folder and report every problem")
     cd.add_argument("--dataset", required=True)
     cd.add_argument("--data-root")
@@ -308,6 +311,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     root = Path(args.runs) if args.runs else paths.results_root()
     if not root.is_dir():
         raise FmsslError(f"--runs {root}: no such folder; run something first or point --runs at a results root")
+    if args.rounds:
+        from .records.round_table import render_rounds, round_rows
+
+        if args.format == "html":
+            raise ConfigError("--rounds: --format md or csv (the HTML page has the leaderboard only)")
+        print(render_rounds(round_rows(find_summaries(root), dataset=args.dataset, method=args.method), args.format), end="")
+        return 0
+    if args.method:
+        raise ConfigError("--method filters the --rounds table; the leaderboard shows every method")
     table = aggregate(find_summaries(root), dataset=args.dataset)
     if args.compare:
         return _compare(table, args.compare)
