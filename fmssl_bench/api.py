@@ -437,6 +437,12 @@ class Method:
         """The network used at test time (logits out)."""
         return self.student
 
+    def score_round(self, tag: str) -> None:
+        """Multi-round methods: the runner scores :meth:`predictor` on the test split now (``round_evaluation.csv``,
+        tag e.g. ``round1``), so whether the rounds help shows in the record; a no-op without a scorer."""
+        if self.ctx.score_checkpoint is not None:
+            self.ctx.score_checkpoint(self.predictor(), tag)
+
     def fit(self) -> nn.Module:
         """Default: one stage of the shared loop. Multi-stage methods override this."""
         self.ctx.train(self, stage="train")

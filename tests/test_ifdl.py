@@ -75,6 +75,11 @@ def test_ifdl_rounds_with_litemedsam_on_multilabel_knees_then_resume_after_a_rou
             "confidence.npz", "pseudo_labels.npz", "summary.json"}
     config = json.loads((record / "config.json").read_text())
     assert "pretrain" in config["identity"]["protocol"]["stages"]
+    # the UNet's test Dice after pre-training and each round; the last round's network is the final one
+    assert set(prov["round_evaluation"]) == {"round0", "round1", "round2"}
+    summary = json.loads((record / "summary.json").read_text())
+    for cls, dice in prov["round_evaluation"]["round2"].items():
+        assert dice == pytest.approx(summary["classes"][cls]["dice"]["mean"], abs=1e-6)
     per_case = (record / "per_case.csv").read_text()
 
     # as if killed during round 2's re-training: its checkpoint and the summary are gone, its pseudo-labels made

@@ -351,6 +351,7 @@ class IFDL(Method):
     # -- the rounds -----------------------------------------------------------------------------------
     def fit(self) -> nn.Module:
         self.train_on("pretrain", self.ctx.labeled, self.ctx.stage_config("pretrain"))
+        self.score_round("round0")  # the dedicated model before any pseudo-label
         if self.samb is not None:
             self.finetune_samb()
         for r in range(1, self.args["rounds"] + 1):
@@ -369,6 +370,7 @@ class IFDL(Method):
                                 list(self.ctx.labeled.images) + [images[self.index[i]] for i in used],
                                 list(self.ctx.labeled.labels) + [pseudo[i] for i in used])
             self.train_on(f"round{r}", grown, self.round_config(r), step=self.round_step)
+            self.score_round(f"round{r}")
         return self.predictor()
 
     def train_on(self, stage: str, view: LabeledView, config: TrainConfig, step=None) -> None:

@@ -137,7 +137,7 @@ class SamDSK(ComposedMethod):
         images = dict(zip(unlabeled.ids, unlabeled.images))
         accepted: dict[str, np.ndarray] = {}
         self.ctx.train(self, stage="train", uses_unlabeled=self.base.uses_unlabeled)
-        self.score("round0")
+        self.score_round("round0")
         for r in range(1, self.args["rounds"] + 1):
             remaining = [i for i in unlabeled.ids if i not in accepted]
             if not remaining:
@@ -158,7 +158,7 @@ class SamDSK(ComposedMethod):
             self.ctx.train(self, stage=f"round{r}", labeled=grown,
                            unlabeled=UnlabeledView(rest, [images[i] for i in rest]),
                            uses_unlabeled=self.base.uses_unlabeled and bool(rest))
-            self.score(f"round{r}")
+            self.score_round(f"round{r}")
         return self.predictor()
 
     def setup_fresh_base(self, r: int) -> None:
@@ -166,10 +166,6 @@ class SamDSK(ComposedMethod):
         self.base = type(self.base)(self.ctx, **self.base_args)
         self.base.setup()
         self.student = self.base.student
-
-    def score(self, tag: str) -> None:
-        if self.ctx.score_checkpoint is not None:
-            self.ctx.score_checkpoint(self.predictor(), tag)
 
     def select(self, r: int, ids: list[str], images: dict[str, np.ndarray]) -> dict[str, Any]:
         """Match, score and select the images of round ``r`` (an artifact: computed once per run)."""
