@@ -414,6 +414,38 @@ def test_cache_on_disk_reused_by_new_instance(tmp_path):
     assert other_weights.stats.encoder_calls == 1  # the key includes the weights
 
 
+def test_an_image_another_process_is_encoding_is_waited_for_and_read_random_init(tmp_path):
+    """Two generalists over one cache directory (as two processes sharing $FMSSL_FM_CACHE): while one holds
+    an image's claim, the other waits, then reads the entry instead of encoding the image again."""
+    import threading
+    import time
+
+    image, _ = disk()
+    ours = tiny_generalist(seed=3, cache=EmbeddingCache(tmp_path))
+    other = tiny_generalist(seed=3, cache=EmbeddingCache(tmp_path))
+    key = ours.cache.key(normalise_intensities(image), ours._cache_identity())
+    holding = threading.Event()
+    encode = other._encode
+
+    def slow_encode(image01):  # the other process is in the middle of encoding (holding the claim)
+        holding.set()
+        time.sleep(0.5)
+        return encode(image01)
+
+    other._encode = slow_encode
+    helper = threading.Thread(target=other.encode, args=(image,))
+    helper.start()
+    assert holding.wait(30)
+    embedding = ours.encode(image)
+    helper.join()
+    assert other.stats.encoder_calls == 1
+    assert ours.stats.encoder_calls == 0 and ours.stats.disk_hits == 1  # waited, then read the other's entry
+    assert embedding.key == key
+    again = tiny_generalist(seed=3, cache=EmbeddingCache(tmp_path))
+    again.encode(image[:, ::-1].copy())  # a claim nobody holds costs nothing: encoded at once
+    assert again.stats.encoder_calls == 1
+
+
 def test_cache_lru_bounds():
     generalist = tiny_generalist(cache=EmbeddingCache(max_items=1))
     a, _ = disk()

@@ -298,13 +298,19 @@ class Generalist(ABC):
             self._seen_keys.add(key)
             self.stats.distinct_items += 1
         state, source = self.cache.lookup(key)
-        if state is not None:
-            self.stats.cache_hits += 1
-            if source == "memory":
-                self.stats.memory_hits += 1
-            else:
-                self.stats.disk_hits += 1
-            return Embedding.from_state(state, self.device, key)
+        if state is None:
+            with self.cache.claim(key):  # another process encoding this image: wait for it, then read its entry
+                state, source = self.cache.lookup(key)
+                if state is None:
+                    return self._encode_and_store(image01, key)
+        self.stats.cache_hits += 1
+        if source == "memory":
+            self.stats.memory_hits += 1
+        else:
+            self.stats.disk_hits += 1
+        return Embedding.from_state(state, self.device, key)
+
+    def _encode_and_store(self, image01: np.ndarray, key: str) -> Embedding:
         start = time.perf_counter()
         with torch.inference_mode():
             embedding = self._encode(np.ascontiguousarray(image01, dtype=np.float32))

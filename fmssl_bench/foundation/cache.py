@@ -4,7 +4,9 @@ Key = sha256 over a format version, the model identity (name, weights sha256, in
 for fine-tuned copies, a hash of the trained encoder tensors) and the normalised image's shape,
 dtype and bytes. Entries live in an in-memory LRU bounded by count and bytes and, when a
 directory is given, on disk as ``<key>.pt`` (``torch.save`` / ``torch.load(weights_only=True)``)
-so that later runs and other processes reuse them.
+so that later runs and other processes reuse them. Processes sharing a directory never encode
+the same image at once: a miss is computed holding the key's claim (:meth:`EmbeddingCache.claim`),
+and another process missing the same key waits for it and reads the entry.
 
 Why a disk level for a run: the in-memory LRU alone cannot keep the promise "each unlabeled
 image is encoded at most once per run". LA has ~26 unlabeled volumes x 88 slices (~2300 images)
@@ -41,12 +43,13 @@ pass ``fp16=False`` for bit-exact fp32 reuse.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
@@ -175,6 +178,26 @@ class EmbeddingCache:
         if path is not None and not path.exists():
             _atomic_save(stored, path)
         return self._expand(stored)
+
+    @contextlib.contextmanager
+    def claim(self, key: str) -> Iterator[None]:
+        """Hold ``key``'s claim while computing it: a process sharing the directory that misses the same key
+        waits here, then finds the entry (:meth:`lookup` again) instead of encoding it a second time.
+
+        Why: two records encoding the same images at once (two grid shells or Ray tasks over one
+        ``$FMSSL_FM_CACHE``, e.g. IFDL seeds reaching their first round together) would otherwise each pay
+        the encoder for every image. An OS file lock (``filelock``) is released by the kernel if its
+        holder dies, so a killed process never blocks the others. Without a directory: nothing to share.
+        """
+        if self.directory is None:
+            yield
+            return
+        from filelock import FileLock
+
+        claims = self.directory / ".claims"
+        claims.mkdir(exist_ok=True)
+        with FileLock(str(claims / f"{key}.lock")):
+            yield
 
     def clear_memory(self) -> None:
         self._entries.clear()
