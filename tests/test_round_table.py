@@ -68,3 +68,22 @@ def test_cli_prints_the_round_table_and_refuses_html(tmp_path, capsys):
     assert main(["leaderboard", "--runs", str(tmp_path), "--rounds", "--format", "html"]) == 2
     assert "--format md or csv" in capsys.readouterr().err
     assert main(["leaderboard", "--runs", str(tmp_path), "--method", "samdsk", "--write", ""]) == 2
+
+
+def test_the_html_page_has_a_rounds_section_only_when_records_have_rounds(tmp_path):
+    from fmssl_bench.benchmark.records.html_page import write_html_page
+    from fmssl_bench.benchmark.records.leaderboard import find_summaries
+
+    def summaries():
+        found = find_summaries(tmp_path)
+        for s in found:  # what the leaderboard needs of a summary beyond the round facts
+            s.update({"row_key": s["method"], "row_identity": {},
+                      "classes": {"mean": {"dice": {"mean": 0.6, "std": 0.1, "n": 5}}}})
+        return found
+
+    write_record(tmp_path, "supervised", 0, {"method": {}})
+    assert "Rounds of iterative methods" not in write_html_page(summaries(), None, tmp_path / "page.html").read_text()
+    write_record(tmp_path, "samdsk", 0, SAMDSK)
+    page = write_html_page(summaries(), None, tmp_path / "page.html").read_text()
+    section = page.split("<h2>Rounds of iterative methods</h2>", 1)[1]
+    assert "<h3>samdsk</h3>" in section and "<td>60.0</td>" in section and "<th>PL Dice % (rejected)</th>" in section

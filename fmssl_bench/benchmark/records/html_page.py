@@ -124,7 +124,7 @@ def render_page(table: Table, dataset: str | None, base: Path) -> str:
     for (ds, protocol), rows in _by_protocol(table).items():
         parts.append(f"<h2>{_e(ds)} · {_e(protocol)}</h2>")
         parts += [_budget_curves(rows), _box_plots(rows)]
-    parts += [_paper_table(table), _definitions(table)]
+    parts += [_rounds_section(table), _paper_table(table), _definitions(table)]
     body = "\n".join(p for p in parts if p)
     return (f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
             f"<meta name='viewport' content='width=device-width'><style>{CSS}</style></head>\n<body>\n{body}\n"
@@ -269,6 +269,25 @@ def _paper_table(table: Table) -> str:
     return ("<h2>Paper vs measured</h2><p class='note'>Every printed number of the row's data set, method and budget; "
             "Δ is shown for all, but only a comparable setting makes it a reproduction check.</p>"
             f"<table class='sortable'><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>")
+
+
+def _rounds_section(table: Table) -> str:
+    """Per record and round of the iterative methods (:mod:`.round_table`); nothing without rounds."""
+    from .round_table import LEGEND as ROUND_LEGEND
+    from .round_table import columns, leaderboard_round_rows
+
+    rows = leaderboard_round_rows(table)
+    if not rows:
+        return ""
+    parts = ["<h2>Rounds of iterative methods</h2>"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        cols = columns(mine)
+        head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{_e(r.get(c, ''))}</td>" for c in cols) + "</tr>\n" for r in mine)
+        parts.append(f"<h3>{_e(method)}</h3><div class='scroll'><table class='sortable'><thead><tr>{head}</tr></thead>"
+                     f"<tbody>\n{body}</tbody></table></div>")
+    return "".join(parts) + f"<p class='note'>{_e(ROUND_LEGEND)}</p>"
 
 
 def _definitions(table: Table) -> str:

@@ -115,6 +115,14 @@ def round_rows(summaries: Iterable[Mapping[str, Any]], dataset: str | None = Non
     return sorted(rows, key=lambda r: tuple(str(r[k]).zfill(8) if k in ("seed", "round") else str(r[k]) for k in KEYS))
 
 
+def leaderboard_round_rows(table: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the records behind leaderboard rows (their ``_records``), for the HTML page."""
+    summaries = [{"dataset": row["dataset"], "protocol": row["protocol"], "method": row["method"],
+                  "labeled": row["labeled"], "seed": seed, "_dir": str(where)}
+                 for row in table for seed, where in row.get("_records", []) if where is not None]
+    return round_rows(summaries)
+
+
 def columns(rows: list[dict[str, Any]]) -> list[str]:
     """Key columns, then the scores, then the method facts, each in first-seen order."""
     seen = list(dict.fromkeys(k for r in rows for k in r if k not in KEYS))
