@@ -203,7 +203,7 @@ def test_processes_sharing_the_proposal_cache_never_compute_an_image_twice(tmp_p
     helper.join()
     assert ours.stats["computed"] == 3 and ours.stats["by_others"] == 1 and ours.stats["hits"] == 1
     assert other.stats["computed"] == 1
-    assert lines and lines[-1].startswith("SAM proposals: 4/4 images")
+    assert lines and lines[-1].startswith("SAM proposals (3 computed here): 4/4 images")
     assert all((tmp_path / "proposals" / f"{key}.json").is_file() for key in keys)
     np.testing.assert_array_equal(ours.masks(images[0]), other.masks(images[0]))
     ours.fill(images)  # all cached: nothing computed again

@@ -128,6 +128,8 @@ class ProposalCache:
         """
         from filelock import FileLock, Timeout
 
+        from ..benchmark.training.loop import progress_line
+
         rgbs = [to_uint8_rgb(image) for image in images]
         todo = [(self.key(rgb), rgb) for rgb in rgbs]
         todo = [(key, rgb) for key, rgb in todo if not self._path(key).exists()]
@@ -138,9 +140,8 @@ class ProposalCache:
 
         def report(force: bool = False) -> None:
             if say is not None and (force or done % every == 0):
-                rate = (time.time() - t0) / max(done, 1)
-                say(f"SAM proposals: {done}/{len(todo)} images to compute ({self.stats['computed']} here, "
-                    f"{rate:.1f} s per image, ~{rate * (len(todo) - done) / 60:.0f} min left)")
+                say(progress_line(f"SAM proposals ({self.stats['computed']} computed here)", done, len(todo), t0,
+                                  unit="image"))
 
         for key, rgb in todo:
             claim = FileLock(str(self.claim_path(key)))

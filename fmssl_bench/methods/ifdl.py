@@ -76,6 +76,7 @@ attention).
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -85,6 +86,7 @@ from torch import nn
 
 from ..api import Arg, Batch, Method, StepOutput
 from ..benchmark.protocol import TrainConfig
+from ..benchmark.training.loop import progress_line
 from ..benchmark.views import LabeledView
 from ..errors import ConfigError
 from ..foundation.base import normalise_intensities
@@ -448,7 +450,8 @@ class IFDL(Method):
     def confidence_maps(self, r: int) -> dict[str, np.ndarray]:
         """Round ``r``'s history entry: per case the label confidence (uint8), key frames and the UNet's argmax."""
         out: dict[str, np.ndarray] = {}
-        for case_id in self.cases:
+        started = time.time()
+        for n, case_id in enumerate(self.cases, 1):
             k = self.index[case_id]
             mean, variance = self.mc_moments(self.ctx.unlabeled.images[k], r, k)
             out[f"{case_id}::label"] = np.round(label_confidence(mean, variance) * QUANT).astype(np.uint8)
@@ -457,6 +460,8 @@ class IFDL(Method):
                       else fixed_key_frames(n_slices, self.args["block"]))
             out[f"{case_id}::key_frames"] = np.asarray(frames, dtype=np.int32)
             out[f"{case_id}::unet"] = mean.argmax(0).astype(np.uint8)
+            self.ctx.say(progress_line(f"ifdl round{r} MC dropout ({self.args['mc_passes']} passes)", n,
+                                       len(self.cases), started))
         return out
 
     def history(self, r: int) -> dict[str, list[np.ndarray]]:
@@ -484,7 +489,8 @@ class IFDL(Method):
         objects = {kind: 0 for kind in ("box", "points")}
         prompts_given = {kind: 0 for kind in ("box", "points")}
         frames_per_case, prompted = [], []
-        for case_id in self.cases:
+        started = time.time()
+        for n, case_id in enumerate(self.cases, 1):
             k = self.index[case_id]
             image = self.ctx.unlabeled.images[k]
             confidences = [c.astype(np.float32) / QUANT for c in history.pop(case_id)]
@@ -503,6 +509,7 @@ class IFDL(Method):
             out[case_id] = pseudo
             if sum(per_label) > 0:
                 prompted.append(case_id)
+            self.ctx.say(progress_line(f"ifdl round{r} propagation ({self.args['generalist']})", n, len(self.cases), started))
         self.ctx.artifacts.save(f"round{r}", "summary", "json", {
             "cases": len(self.cases), "prompted_cases": prompted, "key_frames_per_case": float(np.mean(frames_per_case)) if frames_per_case else 0.0,
             "objects": objects, "key_frame_prompts": prompts_given,

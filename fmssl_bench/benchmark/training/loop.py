@@ -86,6 +86,14 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def progress_line(what: str, done: int, total: int, started: float, unit: str = "case") -> str:
+    """``what: 5/22 cases, 41.0 s per case, ~12 min left`` for the long steps outside a training loop
+    (pseudo-labelling rounds, proposal generation), whose lines go to logs where no progress bar shows."""
+    rate = (time.time() - started) / max(done, 1)
+    return (f"{what}: {done}/{total} {unit}s, {rate:.1f} s per {unit}, "
+            f"~{rate * max(total - done, 0) / 60:.0f} min left")
+
+
 def run_stage(ctx: "RunContext", method: "Method", stage: StageState, batches: BatchProvider,
               step: Callable[[Batch, int], StepOutput], after_step: Callable[[int], None],
               modules: dict[str, nn.Module], trainable: list[nn.Parameter]) -> None:
