@@ -2,10 +2,12 @@
 # The CPU-tier grids still missing from leaderboards/measured, one core per invocation, resumable
 # (finished records are skipped by identity, killed ones resume). Run from the repository root with
 # the venv active; name the queues to run, in order (default: all). Two cores: two invocations; a
-# record one holds is left for the end by the other, so the same queues in both also share the work:
+# record one holds is left for the end by the other, so the same queues in both share the work, and
+# the shared FMSSL_FM_CACHE splits what their records have in common (SamDSK's proposals, generalist
+# embeddings: an image one process is computing is waited for by the other, never computed twice):
 #
-#   nohup bash docs/benchmarks/cpu_grid.sh samdsk ifdl semisam_plus > runs/cpu-grid-1.log 2>&1 &
-#   nohup bash docs/benchmarks/cpu_grid.sh semisam_plus ifdl samdsk > runs/cpu-grid-2.log 2>&1 &
+#   nohup bash docs/benchmarks/cpu_grid.sh samdsk semisam_plus > runs/cpu-grid-1.log 2>&1 &
+#   nohup bash docs/benchmarks/cpu_grid.sh samdsk semisam_plus > runs/cpu-grid-2.log 2>&1 &
 #   fmssl-bench export --runs runs/cpu-grid --to leaderboards/measured && python docs/benchmarks/embed_measured.py
 #
 # The committed records are copied into the results root first, so they are cache hits, not reruns.
