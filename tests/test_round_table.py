@@ -87,3 +87,16 @@ def test_the_html_page_has_a_rounds_section_only_when_records_have_rounds(tmp_pa
     page = write_html_page(summaries(), None, tmp_path / "page.html").read_text()
     section = page.split("<h2>Rounds of iterative methods</h2>", 1)[1]
     assert "<h3>samdsk</h3>" in section and "<td>60.0</td>" in section and "<th>PL Dice % (rejected)</th>" in section
+
+
+def test_a_summary_among_a_records_artifacts_is_neither_a_record_nor_exported(tmp_path):
+    from fmssl_bench.benchmark.records.export import export_records
+    from fmssl_bench.benchmark.records.leaderboard import find_summaries
+
+    write_record(tmp_path / "runs", "ifdl", 0, IFDL)
+    (record,) = (tmp_path / "runs").glob("kvasir/ifdl/*/*/*")
+    (record / "artifacts" / "round1").mkdir(parents=True)
+    (record / "artifacts" / "round1" / "summary.json").write_text(json.dumps({"cases": 22}))  # IFDL's round facts
+    assert [s["method"] for s in find_summaries(tmp_path / "runs")] == ["ifdl"]
+    (copied,) = export_records(tmp_path / "runs", tmp_path / "measured")
+    assert sorted(p.name for p in copied.iterdir()) == ["provenance.json", "summary.json"]

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from ...errors import FmsslError
+from .store import summary_paths
 
 SMALL_FILES = ("config.json", "split.json", "summary.json", "per_case.csv", "provenance.json", "train_log.csv",
                "pseudo_label_quality.csv", "round_evaluation.csv", "progress.png", "overlays.png")
@@ -27,7 +28,7 @@ def export_records(runs: Path, target: Path, dataset: str | None = None) -> list
     if not runs.is_dir():
         raise FmsslError(f"--runs {runs}: no such folder")
     copied = []
-    for summary in sorted(runs.glob("**/summary.json")):
+    for summary in summary_paths(runs):
         record = summary.parent
         relative = record.relative_to(runs)
         if dataset and relative.parts[0] != dataset:

@@ -44,7 +44,7 @@ from .comparability import (PAPER_DATASETS, compare, describe, format_value, met
                             paper_candidates, paper_text, reference_fields)
 from .identity import flatten
 from .statistics import METHOD_TEXT, attach_baseline_tests, baseline_keys, case_dice
-from .store import atomic_write_text
+from .store import atomic_write_text, summary_paths
 
 __all__ = ["PAPER_DATASETS", "aggregate", "find_summaries", "headers", "paper_dir", "paper_numbers",
            "paper_value", "record_dir", "render", "write_leaderboards"]
@@ -100,7 +100,7 @@ def find_summaries(root: Path) -> list[dict[str, Any]]:
     so the per-case values are read next to the file actually found (:func:`record_dir`).
     """
     out = []
-    for path in sorted(Path(root).glob("**/summary.json")):
+    for path in summary_paths(Path(root)):
         try:
             data = json.loads(path.read_text())
         except ValueError:

@@ -103,6 +103,8 @@ def make_dirs(path: Path) -> Path:
 
 
 LOCKS = ".locks"
+#: a record's folder of method artifacts (``RunContext.artifacts``): what is in it is never a record file
+ARTIFACTS = "artifacts"
 """Folder of the record locks under the results root."""
 
 
@@ -334,3 +336,10 @@ def hardware() -> dict[str, Any]:
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), gpu_count=torch.cuda.device_count(),
                     cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     return info
+
+
+def summary_paths(root: Path) -> list[Path]:
+    """The ``summary.json`` of every record under ``root``, sorted; a file of that name among a record's
+    artifacts (IFDL keeps a ``summary.json`` per round) is not a record's and is left out."""
+    root = Path(root)
+    return sorted(p for p in root.glob("**/summary.json") if ARTIFACTS not in p.relative_to(root).parts[:-1])

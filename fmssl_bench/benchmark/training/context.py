@@ -17,6 +17,7 @@ from ...api import Batch, BatchProvider, CheckpointScorer, PseudoLabelScorer, St
 from ...errors import ConfigError
 from ...methods.nets import build_net
 from ..protocol import Protocol, TrainConfig
+from ..records.store import ARTIFACTS
 from ..views import LabeledView, UnlabeledView
 from .artifacts import ArtifactStore
 from .batches import TwoStreamPatches, batch_split
@@ -63,7 +64,7 @@ class RunContext:
     on what a class is (IFDL: boxes for bones, points for cartilage; SamDSK: RoI counts per class)."""
 
     def __post_init__(self) -> None:
-        self.artifacts = ArtifactStore(Path(self.run_dir) / "artifacts")
+        self.artifacts = ArtifactStore(Path(self.run_dir) / ARTIFACTS)
 
     @staticmethod
     def say(message: str) -> None:
