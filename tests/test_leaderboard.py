@@ -205,6 +205,19 @@ def test_text_tables_give_each_distinct_reason_once_below_the_table():
     assert all(r["paper_dice"] in render(table, "csv") for r in table)  # the CSV keeps every row's own text
 
 
+def test_the_full_hausdorff_distance_gets_a_column_where_a_row_has_it():
+    with_hd = make_summary(method="supervised")
+    with_hd["classes"]["mean"]["hd"] = {"mean": 41.5, "std": 3.0, "n": 20, "n_nan": 0}
+    table = aggregate([make_summary(), with_hd])
+    md = render(table, "md")
+    header = [h.strip() for h in md.splitlines()[0].split("|")[1:-1]]
+    assert header[header.index("HD95") + 1] == "HD"
+    cells = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in md.splitlines()[2:4]}
+    assert cells["supervised"][header.index("HD")] == "41.50 (±3.0)" and cells["mean_teacher"][header.index("HD")] == ""
+    assert "hd,hd_std_seeds,hd_std_cases" in render(table, "csv").splitlines()[0]
+    assert "HD" not in [h.strip() for h in render([table[0]], "md").splitlines()[0].split("|")]  # no row has it
+
+
 def test_changed_method_args_and_metric_definitions_are_reasons():
     assert only_row(make_summary(method_args={"consistency": 50}))["paper_dice"] == \
         "not comparable: consistency 50 ≠ 0.1"

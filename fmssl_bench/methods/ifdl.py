@@ -451,7 +451,7 @@ class IFDL(Method):
         """Round ``r``'s history entry: per case the label confidence (uint8), key frames and the UNet's argmax."""
         out: dict[str, np.ndarray] = {}
         started = time.time()
-        for n, case_id in enumerate(self.cases, 1):
+        for done, case_id in enumerate(self.cases, 1):
             k = self.index[case_id]
             mean, variance = self.mc_moments(self.ctx.unlabeled.images[k], r, k)
             out[f"{case_id}::label"] = np.round(label_confidence(mean, variance) * QUANT).astype(np.uint8)
@@ -460,7 +460,7 @@ class IFDL(Method):
                       else fixed_key_frames(n_slices, self.args["block"]))
             out[f"{case_id}::key_frames"] = np.asarray(frames, dtype=np.int32)
             out[f"{case_id}::unet"] = mean.argmax(0).astype(np.uint8)
-            self.ctx.say(progress_line(f"ifdl round{r} MC dropout ({self.args['mc_passes']} passes)", n,
+            self.ctx.say(progress_line(f"ifdl round{r} MC dropout ({self.args['mc_passes']} passes)", done,
                                        len(self.cases), started))
         return out
 
@@ -490,7 +490,7 @@ class IFDL(Method):
         prompts_given = {kind: 0 for kind in ("box", "points")}
         frames_per_case, prompted = [], []
         started = time.time()
-        for n, case_id in enumerate(self.cases, 1):
+        for done, case_id in enumerate(self.cases, 1):
             k = self.index[case_id]
             image = self.ctx.unlabeled.images[k]
             confidences = [c.astype(np.float32) / QUANT for c in history.pop(case_id)]
@@ -509,7 +509,8 @@ class IFDL(Method):
             out[case_id] = pseudo
             if sum(per_label) > 0:
                 prompted.append(case_id)
-            self.ctx.say(progress_line(f"ifdl round{r} propagation ({self.args['generalist']})", n, len(self.cases), started))
+            self.ctx.say(progress_line(f"ifdl round{r} propagation ({self.args['generalist']})", done, len(self.cases),
+                                       started))
         self.ctx.artifacts.save(f"round{r}", "summary", "json", {
             "cases": len(self.cases), "prompted_cases": prompted, "key_frames_per_case": float(np.mean(frames_per_case)) if frames_per_case else 0.0,
             "objects": objects, "key_frame_prompts": prompts_given,

@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover - Python 3.10
     from importlib.abc import Traversable
 
 from ...errors import FmsslError
-from ..evaluation.metrics import METRICS, PAPER_EMPTY_POLICY
+from ..evaluation.metrics import METRICS, OPTIONAL_METRICS, PAPER_EMPTY_POLICY
 from .comparability import (PAPER_DATASETS, compare, describe, format_value, method_defaults,
                             paper_candidates, paper_text, reference_fields)
 from .identity import flatten
@@ -181,7 +181,8 @@ def _stat(run: Mapping[str, Any], metric: str, key: str) -> float:
 
 def _metric_columns(runs: list[dict[str, Any]]) -> dict[str, float]:
     out: dict[str, float] = {}
-    for metric in METRICS:
+    optional = [m for m in OPTIONAL_METRICS if any(m in ((r.get("classes") or {}).get("mean") or {}) for r in runs)]
+    for metric in (*METRICS, *optional):
         scale = 100.0 if metric in PERCENT else 1.0
         out[metric], out[f"{metric}_std_seeds"] = _mean_std([_stat(r, metric, "mean") * scale for r in runs])
         out[f"{metric}_std_cases"] = _mean_std([_stat(r, metric, "std") * scale for r in runs])[0]
@@ -345,6 +346,20 @@ LEGEND = ("mean over test cases, ± sample std over seeds (ddof 1; shown from 2 
 STAT_LEGEND = f"{STAT_HEADER}: Dice % points against the supervised row of the same protocol and budget, {METHOD_TEXT}"
 
 
+METRIC_HEADERS = {"dice": "Dice %", "jaccard": "Jaccard %", "hd95": "HD95", "asd": "ASD", "sensitivity": "Sen %"}
+#: optional metrics (a protocol's ``metrics.hd: max``) get a column, after the one named, where a row has them
+OPTIONAL_COLUMNS = {"hd": ("HD", "hd95")}
+
+
+def shown_metrics(table: list[dict[str, Any]]) -> list[str]:
+    """:data:`METRICS`, plus each optional metric some row of ``table`` has, after its neighbour."""
+    shown = list(METRICS)
+    for metric, (_, after) in OPTIONAL_COLUMNS.items():
+        if any(metric in r for r in table):
+            shown.insert(shown.index(after) + 1, metric)
+    return shown
+
+
 def has_stat_column(table: list[dict[str, Any]]) -> bool:
     """Whether some row has a supervised baseline to be compared with (else the column is left out)."""
     return any(r.get("_has_baseline") for r in table)
@@ -352,10 +367,14 @@ def has_stat_column(table: list[dict[str, Any]]) -> bool:
 
 def headers(table: list[dict[str, Any]]) -> list[str]:
     """The display columns of ``table``: :data:`HEADERS`, with the statistics after Dice where it has them."""
+    cols = list(HEADERS)
+    for metric, (header, after) in OPTIONAL_COLUMNS.items():
+        if metric in shown_metrics(table):
+            cols.insert(cols.index(METRIC_HEADERS[after]) + 1, header)
     if not has_stat_column(table):
-        return list(HEADERS)
-    i = HEADERS.index("Dice %") + 1
-    return [*HEADERS[:i], STAT_HEADER, *HEADERS[i:]]
+        return cols
+    i = cols.index("Dice %") + 1
+    return [*cols[:i], STAT_HEADER, *cols[i:]]
 
 
 def _split_text(r: Mapping[str, Any]) -> str:
@@ -364,13 +383,13 @@ def _split_text(r: Mapping[str, Any]) -> str:
 
 def display_rows(table: list[dict[str, Any]]) -> list[list[Any]]:
     """Cell texts of ``table`` in the order of :func:`headers`."""
-    stat = has_stat_column(table)
+    stat, shown = has_stat_column(table), shown_metrics(table)
     rows = []
     for r in table:
         method = r["method"] + (" [oracle]" if r["oracle"] else "") + (" [external]" if r.get("external") else "")
-        metrics = [_fmt(r, m) for m in METRICS]
+        metrics = [_fmt(r, m) if m in r else "" for m in shown]
         if stat:
-            metrics.insert(METRICS.index("dice") + 1, r.get("vs_supervised", ""))
+            metrics.insert(shown.index("dice") + 1, r.get("vs_supervised", ""))
         empty = f"{r['empty_pred']} ({ZERO_POLICY_TEXT})" if r.get("empty_policy_zero") else r["empty_pred"]
         rows.append([r["dataset"], r["protocol"], method, r["labeled"], r["args"], _split_text(r), r["seeds"],
                      *metrics, empty, r["paper_dice"]])
@@ -425,11 +444,11 @@ def _footnoted(rows: list[list[Any]]) -> tuple[list[list[Any]], list[str]]:
 
 def _render_csv(table: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    keys = [k for k in table[0] if not k.startswith("_")] if table else []
+    keys = list(dict.fromkeys(k for r in table for k in r if not k.startswith("_")))  # optional metrics: some rows
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(keys)
     for r in table:
-        writer.writerow([_csv_cell(r[k]) for k in keys])
+        writer.writerow([_csv_cell(r.get(k)) for k in keys])
     return buf.getvalue()
 
 
