@@ -192,11 +192,7 @@ class EmbeddingCache:
         if self.directory is None:
             yield
             return
-        from filelock import FileLock
-
-        claims = self.directory / ".claims"
-        claims.mkdir(exist_ok=True)
-        with FileLock(str(claims / f"{key}.lock")):
+        with claim_lock(self.directory, key):
             yield
 
     def clear_memory(self) -> None:
@@ -222,6 +218,21 @@ class EmbeddingCache:
         if self.directory is None:
             return None
         return self.directory / (f"{key}.f16.pt" if self.fp16 else f"{key}.pt")
+
+
+def claim_file(directory: Path, key: str) -> Path:
+    """Where the claim of ``key`` lives for a cache in ``directory``: ``<directory>/.claims/<key>.lock``,
+    out of the entries' way (shared by the embedding and proposal caches)."""
+    return Path(directory) / ".claims" / f"{key}.lock"
+
+
+def claim_lock(directory: Path, key: str):
+    """The file lock a process holds while it computes ``key`` (:func:`claim_file`, its folder created)."""
+    from filelock import FileLock
+
+    path = claim_file(directory, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path))
 
 
 def run_embedding_cache(

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .base import normalise_intensities
+from .cache import claim_file, claim_lock
 from .sam import SAM_RECIPE, SamGeneralist
 
 
@@ -104,7 +105,6 @@ class ProposalCache:
         self.generator = SamAutomaticMaskGenerator(model, output_mode="uncompressed_rle", **asdict(settings))
         self.stats = {"computed": 0, "hits": 0, "by_others": 0, "seconds": 0.0, "proposals": 0}
         self._seen: set[str] = set()
-        self._computed: set[str] = set()
 
     def key(self, rgb: np.ndarray) -> str:
         digest = hashlib.sha256()
@@ -114,8 +114,8 @@ class ProposalCache:
         return digest.hexdigest()
 
     def claim_path(self, key: str) -> Path:
-        """The lock a process holds while it computes ``key`` (under ``.claims/``, out of the entries' way)."""
-        return self.root / ".claims" / f"{key}.lock"
+        """The lock a process holds while it computes ``key`` (:func:`.cache.claim_file`)."""
+        return claim_file(self.root, key)
 
     def fill(self, images: Sequence[np.ndarray], say: Callable[[str], None] | None = None, every: int = 25) -> None:
         """Compute the proposals of every image of ``images`` not in the cache yet.
@@ -126,7 +126,7 @@ class ProposalCache:
         (``filelock``, released by the kernel if its holder dies) and an image another process holds is
         left for the end, then read back once written (or computed, if that process died first).
         """
-        from filelock import FileLock, Timeout
+        from filelock import Timeout
 
         from ..benchmark.training.loop import progress_line
 
@@ -135,7 +135,6 @@ class ProposalCache:
         todo = [(key, rgb) for key, rgb in todo if not self._path(key).exists()]
         if not todo:
             return
-        (self.root / ".claims").mkdir(parents=True, exist_ok=True)
         deferred, t0, done = [], time.time(), 0
 
         def report(force: bool = False) -> None:
@@ -144,7 +143,7 @@ class ProposalCache:
                                   unit="image"))
 
         for key, rgb in todo:
-            claim = FileLock(str(self.claim_path(key)))
+            claim = claim_lock(self.root, key)
             try:
                 claim.acquire(timeout=0)
             except Timeout:
@@ -156,12 +155,11 @@ class ProposalCache:
                 claim.release()
             done += 1
             report()
-        for key, rgb, claim in deferred:  # held by another process: wait for it, then read its file
+        for key, rgb, claim in deferred:  # held by another process: wait for it (its entry is then there)
             with claim:
-                self._ensure(key, rgb)
+                if self._ensure(key, rgb) is None:
+                    self.stats["by_others"] += 1
             done += 1
-        if deferred:
-            self.stats["by_others"] += sum(1 for key, _, _ in deferred if key not in self._computed)
         report(force=True)
 
     def masks(self, image: np.ndarray) -> np.ndarray:
@@ -169,7 +167,10 @@ class ProposalCache:
         from segment_anything.utils.amg import rle_to_mask
 
         rgb = to_uint8_rgb(image)
-        records = self._ensure(self.key(rgb), rgb)
+        key = self.key(rgb)
+        records = self._ensure(key, rgb)
+        if records is None:
+            records = json.loads(self._path(key).read_text())
         self.stats["proposals"] += len(records)
         if not records:
             return np.zeros((0, *rgb.shape[:2]), bool)
@@ -178,9 +179,10 @@ class ProposalCache:
     def _path(self, key: str) -> Path:
         return self.root / f"{key}.json"
 
-    def _ensure(self, key: str, rgb: np.ndarray) -> list[dict[str, Any]]:
-        """The cached records of ``key``, computed and written first on a miss; each key counts once in
-        the stats (``computed`` here, or a ``hits`` read of another run's or process's entry)."""
+    def _ensure(self, key: str, rgb: np.ndarray) -> list[dict[str, Any]] | None:
+        """Make sure ``key``'s entry is on disk: the records when computed here now, None when it was there
+        (written by another run or process; the caller reads it only if it needs it). Each key counts once
+        in the stats: ``computed`` here, or a ``hits``."""
         from ..benchmark.records.store import atomic_write_text  # one home of atomic writes
 
         path = self._path(key)
@@ -188,7 +190,7 @@ class ProposalCache:
             if key not in self._seen:
                 self.stats["hits"] += 1
             self._seen.add(key)
-            return json.loads(path.read_text())
+            return None
         t0 = time.time()
         with torch.no_grad():
             found = self.generator.generate(rgb)
@@ -199,7 +201,6 @@ class ProposalCache:
         self.stats["computed"] += 1
         self.stats["seconds"] += time.time() - t0
         self._seen.add(key)
-        self._computed.add(key)
         return records
 
     def provenance(self) -> dict[str, Any]:
