@@ -337,8 +337,11 @@ def _fmt(row: dict[str, Any], metric: str) -> str:
     return text
 
 
-HEADERS = ["dataset", "protocol", "method", "labeled", "args", "L/U/test", "seeds", "Dice %", "Jaccard %", "HD95",
-           "ASD", "Sen %", "empty pred", "paper Dice %"]
+KEY_HEADERS = ["dataset", "protocol", "method", "labeled", "args", "L/U/test", "seeds"]
+TAIL_HEADERS = ["empty pred", "paper Dice %"]
+METRIC_HEADERS = {"dice": "Dice %", "jaccard": "Jaccard %", "hd95": "HD95", "asd": "ASD", "sensitivity": "Sen %",
+                  "hd": "HD"}
+HEADERS = [*KEY_HEADERS, *(METRIC_HEADERS[m] for m in METRICS), *TAIL_HEADERS]
 STAT_HEADER = "Δ Dice vs supervised [95% CI], p"
 LEGEND = ("mean over test cases, ± sample std over seeds (ddof 1; shown from 2 seeds on, the seeds column counts them), (± mean per-case std); "
           "args: what differs from the other rows of the same dataset/protocol/method/labeled or from the "
@@ -346,15 +349,14 @@ LEGEND = ("mean over test cases, ± sample std over seeds (ddof 1; shown from 2 
 STAT_LEGEND = f"{STAT_HEADER}: Dice % points against the supervised row of the same protocol and budget, {METHOD_TEXT}"
 
 
-METRIC_HEADERS = {"dice": "Dice %", "jaccard": "Jaccard %", "hd95": "HD95", "asd": "ASD", "sensitivity": "Sen %"}
 #: optional metrics (a protocol's ``metrics.hd: max``) get a column, after the one named, where a row has them
-OPTIONAL_COLUMNS = {"hd": ("HD", "hd95")}
+OPTIONAL_COLUMNS = {"hd": "hd95"}
 
 
 def shown_metrics(table: list[dict[str, Any]]) -> list[str]:
     """:data:`METRICS`, plus each optional metric some row of ``table`` has, after its neighbour."""
     shown = list(METRICS)
-    for metric, (_, after) in OPTIONAL_COLUMNS.items():
+    for metric, after in OPTIONAL_COLUMNS.items():
         if any(metric in r for r in table):
             shown.insert(shown.index(after) + 1, metric)
     return shown
@@ -366,11 +368,9 @@ def has_stat_column(table: list[dict[str, Any]]) -> bool:
 
 
 def headers(table: list[dict[str, Any]]) -> list[str]:
-    """The display columns of ``table``: :data:`HEADERS`, with the statistics after Dice where it has them."""
-    cols = list(HEADERS)
-    for metric, (header, after) in OPTIONAL_COLUMNS.items():
-        if metric in shown_metrics(table):
-            cols.insert(cols.index(METRIC_HEADERS[after]) + 1, header)
+    """The display columns of ``table``: :data:`HEADERS` with its optional metrics (:func:`shown_metrics`), and the
+    statistics after Dice where it has them."""
+    cols = [*KEY_HEADERS, *(METRIC_HEADERS[m] for m in shown_metrics(table)), *TAIL_HEADERS]
     if not has_stat_column(table):
         return cols
     i = cols.index("Dice %") + 1
