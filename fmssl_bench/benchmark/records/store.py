@@ -103,9 +103,9 @@ def make_dirs(path: Path) -> Path:
 
 
 LOCKS = ".locks"
-#: a record's folder of method artifacts (``RunContext.artifacts``): what is in it is never a record file
-ARTIFACTS = "artifacts"
 """Folder of the record locks under the results root."""
+ARTIFACTS = "artifacts"
+"""A record's folder of method artifacts (``RunContext.artifacts``): nothing in it is a record file."""
 
 
 def budget_dirname(budget_text: str) -> str:
