@@ -210,6 +210,35 @@ def test_processes_sharing_the_proposal_cache_never_compute_an_image_twice(tmp_p
     assert ours.stats["computed"] == 3
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_points_per_batch_changes_neither_the_proposals_nor_the_cache_key(tmp_path):
+    """Real MobileSAM (4 x 4 point grid). The decoder's batch size is a speed setting only: one point at a
+    time and all 16 at once give the same masks (RLE) with scores equal up to float rounding, so entries
+    computed with either are one cache entry (the key has no batch size)."""
+    from segment_anything.utils.amg import rle_to_mask
+
+    from fmssl_bench.foundation.proposals import ProposalCache, ProposalSettings, to_uint8_rgb
+
+    fm = _mobilesam_or_skip()
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:64, :64]
+    disks = (((yy - 30) ** 2 + (xx - 24) ** 2) <= 120) | (((yy - 44) ** 2 + (xx - 46) ** 2) <= 40)
+    image = np.stack([0.15 + 0.7 * disks + rng.normal(0, 0.03, (64, 64))] * 3)
+    rgb = to_uint8_rgb(image)
+    one = ProposalCache(fm, ProposalSettings(points_per_side=4), tmp_path / "one", points_per_batch=1)
+    many = ProposalCache(fm, ProposalSettings(points_per_side=4), tmp_path / "many", points_per_batch=16)
+    assert one.key(rgb) == many.key(rgb)
+    one.fill([image])
+    many.fill([image])
+    entry = f"proposals/{one.key(rgb)}.json"
+    found, other = (json.loads((tmp_path / run / entry).read_text()) for run in ("one", "many"))
+    assert found and [r["segmentation"] for r in found] == [r["segmentation"] for r in other]  # the same masks
+    for name in ("predicted_iou", "stability_score"):  # scores equal up to float rounding of the batched products
+        np.testing.assert_allclose([r[name] for r in found], [r[name] for r in other], rtol=1e-5)
+    assert any(rle_to_mask(r["segmentation"])[30, 24] for r in found)  # the big disk is among them
+    assert one.provenance()["points_per_batch"] == 1 and "points_per_batch" not in one.provenance()["settings"]
+
+
 def test_samdsk_refuses_a_generalist_without_automatic_masks_and_3d(tmp_path, make_protocol, capsys):
     from fmssl_bench.benchmark.cli import main
 
