@@ -20,11 +20,12 @@ mapping up to interpolation rounding (tests/test_samdsk.py compares both paths o
 Batch size (``points_per_batch``): how many grid points the decoder takes at once changes the speed,
 not the proposals: the same masks, with IoU and stability scores that differ in the 7th digit (the
 float rounding of batched matrix products, as between two BLAS builds; tests/test_samdsk.py), so it
-is not part of the settings or the cache key. On a CPU core small batches are faster: the decoder repeats the 64 x 64
-image embedding once per point, and with 64 points those copies and additions (268 MB tensors) are
-bound by memory bandwidth. Measured on this project's 2-core VM, MobileSAM, an 8 x 8 grid on two 96 px
-Kvasir images, one thread with two other processes busy: 64 points per batch 19.4-21.1 s per image,
-16: 19.4-19.9 s, 4: 14.7-15.5 s, 2: 13.2-13.9 s, 1: 16.6 s. Default: 2 on a CPU, SAM's 64 on a GPU.
+is not part of the settings or the cache key. On a CPU core small batches are faster: the decoder
+repeats the 64 x 64 image embedding once per point, and with 64 points those copies and additions
+(268 MB tensors) are bound by memory bandwidth. Measured on this project's 2-core VM, MobileSAM, an
+8 x 8 grid on two 96 px Kvasir images, one thread with two other processes busy: 64 points per batch
+19.4-21.1 s per image, 16: 19.4-19.9 s, 4: 14.7-15.5 s, 2: 13.2-13.9 s, 1: 16.6 s. Default: 2 on a
+CPU, SAM's 64 on a GPU (docs/cpu-tier.md).
 
 Cache: proposals are stored as SAM's uncompressed RLE (``segment_anything.utils.amg``) in one JSON
 file per image under ``<cache>/proposals/``, keyed by a content address (image bytes, weights
@@ -112,11 +113,10 @@ class ProposalCache:
         model = _DirectResize(fm.model) if direct_resize else fm.model
         self.direct_resize = direct_resize
         if points_per_batch is None:  # speed only (module docstring)
-            on_gpu = next(fm.model.parameters()).device.type == "cuda"
-            points_per_batch = 64 if on_gpu else 2
+            points_per_batch = 64 if fm.device.type == "cuda" else 2
         self.points_per_batch = points_per_batch
-        self.generator = SamAutomaticMaskGenerator(model, output_mode="uncompressed_rle", points_per_batch=points_per_batch,
-                                                   **asdict(settings))
+        self.generator = SamAutomaticMaskGenerator(model, output_mode="uncompressed_rle",
+                                                   points_per_batch=points_per_batch, **asdict(settings))
         self.stats = {"computed": 0, "hits": 0, "by_others": 0, "seconds": 0.0, "proposals": 0}
         self._seen: set[str] = set()
 
@@ -220,4 +220,5 @@ class ProposalCache:
     def provenance(self) -> dict[str, Any]:
         out = dict(self.stats)
         out["seconds"] = round(out["seconds"], 2)
-        return {"settings": asdict(self.settings), "points_per_batch": self.points_per_batch, "postprocess": "direct resize" if self.direct_resize else "sam", **out}
+        return {"settings": asdict(self.settings), "points_per_batch": self.points_per_batch,
+                "postprocess": "direct resize" if self.direct_resize else "sam", **out}
