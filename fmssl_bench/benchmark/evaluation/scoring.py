@@ -118,10 +118,10 @@ def summarise(rows: list[dict[str, Any]], config: dict[str, Any], **extra: Any) 
     metric_ids = {}
     for r in rows:
         by_class.setdefault(r["class"], {}).setdefault(r["metric"], []).append(r["value"])
-        if r["metric"] in METRICS + OPTIONAL_METRICS:
+        if r["metric"] in (*METRICS, *OPTIONAL_METRICS):
             per_case.setdefault((r["case"], r["metric"]), []).append(r["value"])
             metric_ids[r["metric"]] = r["metric_id"]
-    classes = {c: {m: _stats(v) for m, v in ms.items() if m in METRICS + OPTIONAL_METRICS} for c, ms in by_class.items()}
+    classes = {c: {m: _stats(v) for m, v in ms.items() if m in (*METRICS, *OPTIONAL_METRICS)} for c, ms in by_class.items()}
     mean_rows: dict[str, list[float]] = {}
     for (_, metric), values in per_case.items():
         finite = [v for v in values if not math.isnan(v)]

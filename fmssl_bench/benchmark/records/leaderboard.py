@@ -349,14 +349,11 @@ LEGEND = ("mean over test cases, ± sample std over seeds (ddof 1; shown from 2 
 STAT_LEGEND = f"{STAT_HEADER}: Dice % points against the supervised row of the same protocol and budget, {METHOD_TEXT}"
 
 
-#: optional metrics (a protocol's ``metrics.hd: max``) get a column, after the one named, where a row has them
-OPTIONAL_COLUMNS = {"hd": "hd95"}
-
-
 def shown_metrics(table: list[dict[str, Any]]) -> list[str]:
-    """:data:`METRICS`, plus each optional metric some row of ``table`` has, after its neighbour."""
+    """:data:`METRICS`, plus each optional metric some row of ``table`` has (a protocol's ``metrics.hd: max``),
+    after the column :data:`OPTIONAL_METRICS` names for it."""
     shown = list(METRICS)
-    for metric, after in OPTIONAL_COLUMNS.items():
+    for metric, after in OPTIONAL_METRICS.items():
         if any(metric in r for r in table):
             shown.insert(shown.index(after) + 1, metric)
     return shown
