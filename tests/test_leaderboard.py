@@ -62,7 +62,8 @@ def make_summary(method: str = "mean_teacher", dataset: str = "la", labeled: str
     }
 
 
-def write_record(root: Path, summary: dict[str, Any], dice: dict[str, float], classes: tuple[str, ...] = ("LA",)) -> Path:
+def write_record(root: Path, summary: dict[str, Any], dice: dict[str, float], classes: tuple[str, ...] = ("LA",),
+                 provenance: dict[str, Any] | None = None) -> Path:
     """A record folder as the runner lays it out (summary.json, per_case.csv, provenance.json), for a fake run.
 
     ``summary["record"]`` is left pointing elsewhere: the leaderboard must read beside the file it found.
@@ -75,7 +76,7 @@ def write_record(root: Path, summary: dict[str, Any], dice: dict[str, float], cl
         for cls in classes:
             rows += [f"{case},{cls},dice,dice,{value!r}", f"{case},{cls},hd95,hd95@x,1.0"]
     (folder / "per_case.csv").write_text("\n".join(rows) + "\n")
-    (folder / "provenance.json").write_text("{}\n")
+    (folder / "provenance.json").write_text(json.dumps(provenance or {}) + "\n")
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 
@@ -410,3 +411,61 @@ def test_outside_predictions_are_compared_with_the_supervised_row_of_their_budge
     write_record(tmp_path, outside, {c: 0.72 + 0.01 * i for i, c in enumerate(cases)})
     (row,) = [r for r in aggregate(find_summaries(tmp_path)) if r["method"] == "my_method"]
     assert row["delta_dice"] == pytest.approx(2.0) and row["n_paired"] == 10
+
+
+# --------------------------------------------------------------------------- compute
+
+
+def cpu(threads: int) -> dict[str, Any]:
+    return {"device": "cpu (2 cores)", "torch_threads": threads}
+
+
+def test_compute_of_a_record_reads_its_provenance(tmp_path):
+    from fmssl_bench.benchmark.records.compute import compute_of, computes_differ, record_compute
+
+    assert compute_of(cpu(1)) == "cpu, 1 thread" and compute_of(cpu(2)) == "cpu, 2 threads"
+    assert compute_of({"device": "NVIDIA H100 80GB HBM3", "torch_threads": 8}) == "NVIDIA H100 80GB HBM3"
+    assert compute_of({}) is None and record_compute(tmp_path) is None  # no provenance: unknown
+    (tmp_path / "provenance.json").write_text("not json")
+    assert record_compute(tmp_path) is None
+    one, two = frozenset({"cpu, 1 thread"}), frozenset({"cpu, 2 threads"})
+    assert computes_differ(one, two) and computes_differ(one | two, one) and not computes_differ(one, one)
+    assert not computes_differ(frozenset(), two)  # unknown is not a difference
+
+
+def test_a_comparison_across_thread_counts_is_marked(tmp_path, capsys):
+    """On a CPU a run is reproducible only for one torch thread count: a Δ against a baseline that ran
+    with another count gets a ‡ and a legend line, in every format and in --compare."""
+    from fmssl_bench.benchmark.cli import main
+
+    cases = [f"case{i:02d}" for i in range(12)]
+    write_record(tmp_path, make_summary(method="supervised", dice=0.8), {c: 0.7 + 0.01 * i for i, c in enumerate(cases)},
+                 provenance=cpu(1))
+    write_record(tmp_path, make_summary(dice=0.85), {c: 0.74 + 0.011 * i for i, c in enumerate(cases)},
+                 provenance=cpu(2))
+    write_record(tmp_path, make_summary(method="ua_mt", dice=0.85), {c: 0.73 + 0.011 * i for i, c in enumerate(cases)},
+                 provenance=cpu(1))
+    by_method = {row["method"]: row for row in aggregate(find_summaries(tmp_path))}
+    mt, ua, sup = by_method["mean_teacher"], by_method["ua_mt"], by_method["supervised"]
+    assert mt["vs_supervised"].endswith(" ‡") and mt["compute_differs"] and mt["compute"] == "cpu, 2 threads"
+    assert not ua["vs_supervised"].endswith("‡") and not ua["compute_differs"]
+    assert sup["vs_supervised"] == "baseline" and not sup["compute_differs"]
+    table = list(by_method.values())
+    md = render(table, "md")
+    assert "‡ the row and its baseline" in md and "(cpu, 1 thread; cpu, 2 threads)" in md
+    header = render(table, "csv").splitlines()[0].split(",")
+    assert {"compute", "compute_differs"} <= set(header)
+    assert main(["leaderboard", "--runs", str(tmp_path), "--write", "", "--compare", "mean_teacher,ua_mt"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith(" ‡") and out[-1].startswith("‡ the row and its baseline")
+
+
+def test_seeds_of_one_row_on_different_compute_are_marked(tmp_path):
+    cases = [f"case{i:02d}" for i in range(12)]
+    write_record(tmp_path, make_summary(method="supervised", dice=0.8), {c: 0.7 + 0.01 * i for i, c in enumerate(cases)},
+                 provenance=cpu(1))
+    for seed, threads in ((0, 1), (1, 2)):
+        write_record(tmp_path, make_summary(seed=seed, dice=0.85), {c: 0.74 + 0.011 * i for i, c in enumerate(cases)},
+                     provenance=cpu(threads))
+    (mt,) = [r for r in aggregate(find_summaries(tmp_path)) if r["method"] == "mean_teacher"]
+    assert mt["compute"] == "cpu, 1 thread + cpu, 2 threads" and mt["vs_supervised"].endswith(" ‡")

@@ -331,7 +331,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _compare(table: list[dict[str, Any]], spec: str) -> int:
-    from .records.statistics import METHOD_TEXT, compare_methods
+    from .records.compute import COMPUTE_LEGEND
+    from .records.statistics import METHOD_TEXT, compare_methods, rows_compute_differ
 
     names = [m.strip() for m in spec.split(",") if m.strip()]
     if len(names) != 2:
@@ -340,10 +341,16 @@ def _compare(table: list[dict[str, Any]], spec: str) -> int:
     if not pairs:
         raise FmsslError(f"--compare {spec}: no setting (data set, protocol, budget, test set) has rows of both "
                          f"{names[0]} and {names[1]}")
+    computes: set[str] = set()
     for a, b, test in pairs:
+        differ = rows_compute_differ(a, b)
+        if differ:
+            computes |= a["_compute"] | b["_compute"]
         print(f"{a['dataset']} {a['protocol']} labeled {a['labeled']}: {names[0]} ({a['seeds']} seed(s)) vs "
-              f"{names[1]} ({b['seeds']} seed(s)): Δ Dice {test.text()}")
+              f"{names[1]} ({b['seeds']} seed(s)): Δ Dice {test.text()}" + (" ‡" if differ else ""))
     print(f"Δ Dice in % points, {METHOD_TEXT}")
+    if computes:
+        print(COMPUTE_LEGEND.format(which="; ".join(sorted(computes))))
     return 0
 
 

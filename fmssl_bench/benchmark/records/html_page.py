@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
 from ..evaluation.figures import figure_png, new_figure
-from .leaderboard import LEGEND, STAT_LEGEND, aggregate, display_rows, has_stat_column, headers
+from .leaderboard import LEGEND, STAT_LEGEND, aggregate, display_rows, headers, stat_legends
 from .store import atomic_write_text
 
 Table = list[dict[str, Any]]
@@ -186,7 +186,7 @@ def _leaderboard_table(table: Table, base: Path) -> str:
     body = "".join(
         "<tr>" + "".join(_cell(h, v, r) for h, v in zip(cols, cells)) + f"<td>{_records_cell(r, base)}</td></tr>\n"
         for r, cells in zip(table, display_rows(table)))
-    notes = [LEGEND] + ([STAT_LEGEND] if has_stat_column(table) else [])
+    notes = [LEGEND, *stat_legends(table)]
     return (f"<div class='scroll'><table id='leaderboard' class='sortable'><thead><tr>{head}</tr></thead>"
             f"<tbody>\n{body}</tbody></table></div>"
             + "".join(f"<p class='note'>{_e(n)}</p>" for n in notes))

@@ -40,6 +40,7 @@ except ImportError:  # pragma: no cover - Python 3.10
 
 from ...errors import FmsslError
 from ..evaluation.metrics import METRICS, OPTIONAL_METRICS, PAPER_EMPTY_POLICY
+from .compute import COMPUTE_LEGEND, compute_text, row_compute
 from .comparability import (PAPER_DATASETS, compare, describe, format_value, method_defaults,
                             paper_candidates, paper_text, reference_fields)
 from .identity import flatten
@@ -291,6 +292,7 @@ def _row(runs: list[dict[str, Any]], args: str, papers: list[dict[str, str]]) ->
     comparisons = compare({**first, **_counts(first), "empty_masks": _empty_masks(runs)}, papers)
     zero = uses_zero_policy(first.get("metric_ids") or {})
     protocols = "/".join(sorted({str(r.get("protocol", "")) for r in runs}))
+    compute = row_compute(record_dir(r) for r in runs)
     row: dict[str, Any] = {
         "dataset": first["dataset"], "protocol": protocols, "method": first["method"], "labeled": str(first["labeled"]),
         "args": args, "seeds": len({r.get("seed") for r in runs}), **_counts(first), **_metric_columns(runs),
@@ -299,7 +301,7 @@ def _row(runs: list[dict[str, Any]], args: str, papers: list[dict[str, str]]) ->
         "oracle": any(r.get("oracle") for r in runs), "external": any(r.get("external") for r in runs),
         "metric_ids": " ".join(sorted(set((first.get("metric_ids") or {}).values()) - PERCENT)),
         "paper_dice": describe(comparisons) or _oracle_note(first),
-        "row_key": first.get("row_key", ""),
+        "row_key": first.get("row_key", ""), "compute": compute_text(compute), "_compute": compute,
         "_comparisons": comparisons, "_baseline_keys": baseline_keys(first),
         "_records": [(r.get("seed"), record_dir(r)) for r in runs],
         "_case_dice": case_dice(record_dir(r) for r in runs),
@@ -359,6 +361,17 @@ def shown_metrics(table: list[dict[str, Any]]) -> list[str]:
     return shown
 
 
+def stat_legends(table: list[dict[str, Any]]) -> list[str]:
+    """The statistics' legend lines of ``table``: the method, and the ‡ of comparisons across computes."""
+    if not has_stat_column(table):
+        return []
+    flagged = [r for r in table if r.get("compute_differs")]
+    if not flagged:
+        return [STAT_LEGEND]
+    which = "; ".join(sorted(frozenset().union(*(r.get("_compute") or frozenset() for r in table))))
+    return [STAT_LEGEND, COMPUTE_LEGEND.format(which=which)]
+
+
 def has_stat_column(table: list[dict[str, Any]]) -> bool:
     """Whether some row has a supervised baseline to be compared with (else the column is left out)."""
     return any(r.get("_has_baseline") for r in table)
@@ -398,7 +411,7 @@ def render(table: list[dict[str, Any]], fmt: str = "md") -> str:
         return _render_csv(table)
     rows, cols = display_rows(table), headers(table)
     ids = sorted({r["metric_ids"] for r in table if r["metric_ids"]})
-    stat_legend = [STAT_LEGEND] if has_stat_column(table) else []
+    stat_legend = stat_legends(table)
     if fmt == "html":  # a bare table; the page people read is :mod:`.html_page`
         body = tabulate(rows, headers=cols, tablefmt="html")
         notes = [LEGEND, *stat_legend] + [f"distance metrics: {i}" for i in ids]

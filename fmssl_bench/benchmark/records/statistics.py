@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from .compute import computes_differ
 from .identity import digest
 
 #: below this many paired cases neither the test nor the interval means much
@@ -211,8 +212,9 @@ def attach_baseline_tests(table: list[dict[str, Any]]) -> None:
     The baseline is the supervised row of the same setting; a row without a setting (old
     record, outside predictions) takes the supervised row of its (data set, protocol, labeled),
     preferring one without args text (the protocol as written). Sets ``vs_supervised`` (cell
-    text; ``baseline`` on the baseline itself), the flat :meth:`PairedTest.columns` and
-    ``_has_baseline`` (compared with another row).
+    text; ``baseline`` on the baseline itself), the flat :meth:`PairedTest.columns`,
+    ``_has_baseline`` (compared with another row) and ``compute_differs``: the two rows (or either
+    row's seeds) ran on different compute (:mod:`.compute`), marked ``‡`` in the cell text.
     """
     baselines: dict[str, dict[str, Any]] = {}
     for row in table:
@@ -228,4 +230,11 @@ def attach_baseline_tests(table: list[dict[str, Any]]) -> None:
             test = (compare_rows(row, base) if base is not None
                     else PairedTest(0, reason=f"no {BASELINE_METHOD} row of this protocol and budget"))
             text = test.text()
-        row.update(test.columns(), vs_supervised=text, _has_baseline=base is not None and base is not row)
+        differ = base is not None and base is not row and rows_compute_differ(row, base)
+        row.update(test.columns(), vs_supervised=text + (" ‡" if differ else ""), compute_differs=differ,
+                   _has_baseline=base is not None and base is not row)
+
+
+def rows_compute_differ(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether comparing leaderboard rows ``a`` and ``b`` mixes computes (:func:`.compute.computes_differ`)."""
+    return computes_differ(a.get("_compute") or frozenset(), b.get("_compute") or frozenset())
