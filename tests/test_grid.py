@@ -94,3 +94,24 @@ def test_local_grid_leaves_a_record_another_process_holds_for_the_end(tmp_path, 
     seed0 = printed.index("done: supervised synthetic-2d labeled=4 seed=0")
     assert skipped < seed1 < seed0  # the free record first, the held one once released
     assert "2/2 records complete" in printed and held.complete
+
+
+def test_grid_warns_before_running_beside_records_of_other_compute(tmp_path, make_protocol, capsys):
+    """Records computed with another torch thread count are not reproducible here: the grid says so up
+    front (their Δ would be marked ‡ in the leaderboard)."""
+    import torch
+
+    out = tmp_path / "runs"
+    args = _grid(make_protocol, out, methods="supervised")
+    args[args.index("0,1")] = "0"
+    assert main(args) == 0
+    assert "computed on" not in capsys.readouterr().out  # one compute: nothing to say
+    (provenance,) = out.glob("synthetic-2d/supervised/labeled-4/seed0/*/provenance.json")
+    data = json.loads(provenance.read_text())
+    data.update(device="cpu (2 cores)", torch_threads=torch.get_num_threads() + 6)  # another count, on any machine
+    provenance.write_text(json.dumps(data))
+    args[args.index("0")] = "0,1"
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert (f"grid: 1 complete record(s) of these data sets were computed on 'cpu, {data['torch_threads']} threads'"
+            in printed) and "marked ‡" in printed

@@ -20,9 +20,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError, FmsslError, RecordBusy
+from .records.compute import current_compute, record_compute
+from .records.leaderboard import find_summaries, record_dir
 from .runner import Prepared, RunSpec, execute, prepare
 
 EXECUTORS = ("local", "ray")
@@ -92,6 +95,9 @@ def run_grid(specs: Sequence[RunSpec], executor: str = "local", address: str | N
     cells = [Cell(p.spec, "cached", str(p.directory), _dice(p.record.summary())) for p in prepared if p.record.complete]
     todo = [p for p in prepared if not p.record.complete]
     report(f"grid: {len(prepared)} records, {len(cells)} complete, {len(todo)} to run ({executor})")
+    if executor == "local" and todo:
+        for line in compute_warnings(prepared, current_compute()):
+            report(line)
     if executor == "local":
         cells += _run_local(todo, report, len(cells), len(prepared))
     else:
@@ -99,6 +105,30 @@ def run_grid(specs: Sequence[RunSpec], executor: str = "local", address: str | N
     failed = [c for c in cells if c.status == "failed"]
     report(f"grid: {len(cells) - len(failed)}/{len(cells)} records complete" + (f", {len(failed)} failed" if failed else ""))
     return cells
+
+
+def compute_warnings(prepared: Sequence[Prepared], here: str) -> list[str]:
+    """Where complete records of the grid's data sets and protocols (the grid's own and the rest of the
+    results root, e.g. the supervised baselines) were computed on other compute than this process.
+
+    Why: a run is reproducible only on the same compute (on a CPU, the same torch thread count), and
+    the leaderboard marks every Δ across computes (:mod:`.records.compute`); better to hear it before
+    hours of runs than from a ‡ after them.
+    """
+    # a record lives in <root>/<dataset>/<method>/labeled-<N>/seed<S>/<hash>: parents[3] is the data set's folder
+    settings = {(p.spec.dataset, p.directory.parents[3]) for p in prepared}
+    protocols = {p.protocol.name for p in prepared}
+    other: dict[str, int] = {}
+    for dataset, root in sorted(settings, key=str):
+        for summary in find_summaries(Path(root)):
+            if summary.get("dataset") != dataset or summary.get("protocol") not in protocols:
+                continue
+            compute = record_compute(record_dir(summary))
+            if compute is not None and compute != here:
+                other[compute] = other.get(compute, 0) + 1
+    return [f"grid: {n} complete record(s) of these data sets were computed on {compute!r}, this process runs on "
+            f"{here!r}: a Δ between them is marked ‡ (runs are reproducible only on the same compute; on a CPU "
+            f"match the torch threads, e.g. OMP_NUM_THREADS)" for compute, n in sorted(other.items())]
 
 
 def _progress(report: Callable[[str], None], done: int, total: int, cell: Cell) -> None:

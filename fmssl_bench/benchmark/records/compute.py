@@ -38,6 +38,15 @@ def compute_of(provenance: Mapping[str, Any]) -> str | None:
     return f"cpu, {threads} thread{'s' * (threads != 1)}"
 
 
+def current_compute() -> str:
+    """The compute a record started in this process would record (the provenance of :func:`.store.environment`)."""
+    import torch
+
+    from .store import device_name
+
+    return compute_of({"device": device_name(), "torch_threads": torch.get_num_threads()}) or "unknown"
+
+
 def record_compute(record_dir: Path | None) -> str | None:
     """:func:`compute_of` the ``provenance.json`` in ``record_dir`` (``None`` without a readable one)."""
     path = Path(record_dir) / "provenance.json" if record_dir is not None else None

@@ -315,16 +315,20 @@ def environment() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
     return {
         "git_commit": _git_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": versions,
-        "device": device,
+        "device": device_name(),
         "hardware": hardware(),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def device_name() -> str:
+    """The GPU's name, else ``cpu (N cores)``: the ``device`` of provenance (see :mod:`.compute`)."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
 
 
 def hardware() -> dict[str, Any]:
