@@ -104,6 +104,7 @@ def test_page_is_self_contained_and_complete(results, tmp_path):
     mt8 = dom.rows[0]
     assert re.fullmatch(r"\+4\.00 \[\+4\.00, \+4\.00\] p=[0-9.e-]+ \*", mt8[8]), mt8[8]  # every case +4 points
     assert dom.rows[2][8] == "baseline"
+    assert "<td class='sig'>+4.00 [" in text  # highlighted from the row's p (a ‡ may follow the star)
     # links are relative to the page and reach each seed's provenance.json (and a progress.png where one exists)
     targets = [(page.parent / unquote(link)).resolve() for link in dom.links]
     assert len([t for t in targets if t.name == "provenance.json"]) == 8 and all(t.is_file() for t in targets)

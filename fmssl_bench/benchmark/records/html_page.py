@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from ..evaluation.figures import figure_png, new_figure
 from .leaderboard import LEGEND, STAT_LEGEND, aggregate, display_rows, headers, stat_legends
+from .statistics import ALPHA
 from .store import atomic_write_text
 
 Table = list[dict[str, Any]]
@@ -171,7 +172,8 @@ def _records_cell(row: Mapping[str, Any], base: Path) -> str:
 
 def _cell(header: str, text: Any, row: Mapping[str, Any]) -> str:
     classes = (["wrap"] if header in WRAPPED else []) + (["wide"] if header in WIDE else [])
-    if header.startswith("Δ") and str(text).endswith("*"):
+    p = row.get("p_wilcoxon")
+    if header.startswith("Δ") and isinstance(p, float) and p < ALPHA:  # the test's p, not the cell text (‡ may follow)
         classes.append("sig")
     elif str(text).startswith(("n/a", "not comparable")):
         classes.append("na")
