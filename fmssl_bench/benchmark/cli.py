@@ -84,6 +84,8 @@ def _add_grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="local Ray cluster: parallel records (default 1)")
     p.add_argument("--cpus-per-run", type=int, default=1, help="CPUs (and torch threads) per record on Ray (default 1)")
     p.add_argument("--force", action="store_true", help="recompute every record of the grid")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no per-record progress lines (training, inference) between the grid's own lines")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,7 +231,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
     specs = grid_specs(parse_list(args.methods, "--methods"), datasets, parse_list(args.budgets, "--budgets"),
                        parse_seeds(args.seeds), protocol=args.protocol, data_root=args.data_root, out=args.out,
                        method_args=_method_args(args.method_arg), dataset_options=_options(args.dataset_option),
-                       device=args.device, force=args.force, iterations=args.iterations, progress=False)
+                       device=args.device, force=args.force, iterations=args.iterations,
+                       progress=not args.no_progress)  # local: periodic lines per record (Ray tasks: none)
     cells = run_grid(specs, executor=args.executor, address=args.address, workers=args.workers,
                      cpus_per_run=args.cpus_per_run)
     return 1 if any(c.status == "failed" for c in cells) else 0

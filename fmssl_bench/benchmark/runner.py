@@ -332,6 +332,8 @@ def _train_and_evaluate(prep: Prepared, views: Views, device: torch.device, sett
     prep.split.persist()
     record.begin(config, {"source": prep.split_source, "labeled": prep.labeled_ids, "unlabeled": prep.unlabeled_ids,
                           "test": prep.test_ids})
+    if spec.progress:  # which record the progress lines below belong to (a grid's log holds many)
+        say(f"record {spec.method} {spec.dataset} labeled={spec.labeled} seed={spec.seed}: {record.directory}")
     ctx = RunContext(
         protocol=protocol, labeled=labeled_view, unlabeled=unlabeled_view, n_classes=len(adapter.classes),
         class_names=tuple(adapter.classes),

@@ -30,7 +30,7 @@ from ...api import Batch, BatchProvider, StepOutput
 from ...errors import ConfigError, FmsslError
 from ..protocol import OPTIMIZERS, TrainConfig
 from ..records.store import atomic_torch_save, atomic_write_text
-from ..views import progress_bar
+from ..views import progress_bar, progress_line  # noqa: F401  (progress_line: for methods' long steps)
 from .augment import KNOWN_AUGMENTATIONS
 from .batches import stage_key
 
@@ -86,14 +86,6 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def progress_line(what: str, done: int, total: int, started: float, unit: str = "case") -> str:
-    """``what: 5/22 cases, 41.0 s per case, ~12 min left`` for the long steps outside a training loop
-    (pseudo-labelling rounds, proposal generation), whose lines go to logs where no progress bar shows."""
-    rate = (time.time() - started) / max(done, 1)
-    return (f"{what}: {done}/{total} {unit}s, {rate:.1f} s per {unit}, "
-            f"~{rate * max(total - done, 0) / 60:.0f} min left")
-
-
 def run_stage(ctx: "RunContext", method: "Method", stage: StageState, batches: BatchProvider,
               step: Callable[[Batch, int], StepOutput], after_step: Callable[[int], None],
               modules: dict[str, nn.Module], trainable: list[nn.Parameter]) -> None:
@@ -114,8 +106,9 @@ def run_stage(ctx: "RunContext", method: "Method", stage: StageState, batches: B
     key = [ctx.seed, stage_key(stage.name)]
     log_rows: list[dict[str, Any]] = []
     started = time.time()
+    # a line every log_every iterations, at most 20 per stage: a grid's log holds many records
     bar = progress_bar(ctx.progress, total=total, initial=start, desc=f"{method.name}:{stage.name}", unit="it",
-                       every=cfg.log_every)
+                       every=max(cfg.log_every, total // 20))
     for it in range(start, total):
         lr = learning_rate(cfg, it, total)
         for group in optimizer.param_groups:
