@@ -115,3 +115,22 @@ def test_grid_warns_before_running_beside_records_of_other_compute(tmp_path, mak
     printed = capsys.readouterr().out
     assert (f"grid: 1 complete record(s) of these data sets were computed on 'cpu, {data['torch_threads']} threads'"
             in printed) and "marked ‡" in printed
+
+
+def test_progress_lines_in_logs_state_the_rate_and_the_time_left(capsys, monkeypatch):
+    """A record in a nohup log trains for hours: its lines say how fast and how long still (not in the
+    first seconds, where that is noise)."""
+    from fmssl_bench.benchmark import views
+
+    clock = iter([0.0, 20.0, 40.0, 100.0, 101.0])
+    monkeypatch.setattr(views._LineProgress, "clock", staticmethod(lambda: next(clock)))
+    bar = views._LineProgress(total=4, desc="m:train", every=2)
+    bar.set_postfix(loss="0.5")
+    bar.update(2)
+    bar.update(2)
+    quick = views._LineProgress(total=2, desc="loading test", unit="case")
+    quick.update(1)
+    assert capsys.readouterr().err.splitlines() == ["m:train 2/4 loss=0.5 (10.0 s per it, ~20 s left)",
+                                                    "m:train 4/4 loss=0.5 (10.0 s per it)", "loading test 1/2"]
+    assert views.progress_line("round 1", 5, 22, started=views.time.time() - 200.0).startswith(
+        "round 1: 5/22 cases, 40.0 s per case, ~11 min left")

@@ -120,15 +120,21 @@ def load_labeled_case(adapter: DatasetAdapter, case_id: str, role: str) -> Case:
     return case
 
 
+#: progress lines in logs state the rate and time left once a loop has run this long
+TIMING_AFTER_S = 5.0
+
+
 class _LineProgress:
     """What a pipe or log file gets instead of a bar: a plain line every ``every`` steps, with the rate
     and the time left (a record in a ``nohup`` log may train for hours)."""
+
+    clock = staticmethod(time.monotonic)
 
     def __init__(self, iterable=None, total=None, initial=0, desc="", every=1, unit="it", **_):
         self.iterable, self.desc, self.every, self.unit = iterable, desc, max(1, every), unit
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.n, self.postfix = initial, ""
-        self.initial, self.started = initial, time.monotonic()
+        self.initial, self.started = initial, self.clock()
 
     def __iter__(self):
         for item in self.iterable:
@@ -142,11 +148,12 @@ class _LineProgress:
             print(" ".join(p for p in parts if p), file=sys.stderr, flush=True)
 
     def _timing(self) -> str:
-        """``(2.1 s per it, ~12 min left)``: the rate since this bar started (a resumed stage counts its own steps)."""
-        done = self.n - self.initial
-        if done <= 0 or not self.total:
+        """``(2.1 s per it, ~12 min left)``: the rate since this bar started (a resumed stage counts its own
+        steps); nothing for the first seconds, where it would be noise (loading a view, a short test run)."""
+        done, elapsed = self.n - self.initial, self.clock() - self.started
+        if done <= 0 or not self.total or elapsed < TIMING_AFTER_S:
             return ""
-        return f"({rate_text(time.monotonic() - self.started, done, self.total - self.n, self.unit)})"
+        return f"({rate_text(elapsed, done, self.total - self.n, self.unit)})"
 
     def set_postfix(self, **values) -> None:
         self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
