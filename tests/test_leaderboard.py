@@ -452,12 +452,12 @@ def test_a_comparison_across_thread_counts_is_marked(tmp_path, capsys):
     assert sup["vs_supervised"] == "baseline" and not sup["compute_differs"]
     table = list(by_method.values())
     md = render(table, "md")
-    assert "‡ the row and its baseline" in md and "(cpu, 1 thread; cpu, 2 threads)" in md
+    assert "‡ the two rows compared" in md and "(cpu, 1 thread; cpu, 2 threads)" in md
     header = render(table, "csv").splitlines()[0].split(",")
     assert {"compute", "compute_differs"} <= set(header)
     assert main(["leaderboard", "--runs", str(tmp_path), "--write", "", "--compare", "mean_teacher,ua_mt"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].endswith(" ‡") and out[-1].startswith("‡ the row and its baseline")
+    assert out[0].endswith(" ‡") and out[-1].startswith("‡ the two rows compared")
 
 
 def test_seeds_of_one_row_on_different_compute_are_marked(tmp_path):

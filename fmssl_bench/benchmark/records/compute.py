@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-COMPUTE_LEGEND = ("‡ the row and its baseline (or its own seeds) ran on different compute ({which}); runs are "
+COMPUTE_LEGEND = ("‡ the two rows compared (or a row's own seeds) ran on different compute ({which}); runs are "
                   "reproducible only on the same compute (on a CPU: the same torch thread count), so this Δ "
                   "includes a floating-point-order effect (docs/cpu-tier.md)")
 
