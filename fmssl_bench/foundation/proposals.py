@@ -142,7 +142,7 @@ class ProposalCache:
         """
         from filelock import Timeout
 
-        from ..benchmark.training.loop import progress_line
+        from ..benchmark.views import progress_line
 
         rgbs = [to_uint8_rgb(image) for image in images]
         todo = [(self.key(rgb), rgb) for rgb in rgbs]

@@ -86,7 +86,7 @@ from torch import nn
 
 from ..api import Arg, Batch, Method, StepOutput
 from ..benchmark.protocol import TrainConfig
-from ..benchmark.training.loop import progress_line
+from ..benchmark.views import progress_line
 from ..benchmark.views import LabeledView
 from ..errors import ConfigError
 from ..foundation.base import normalise_intensities

@@ -365,8 +365,7 @@ def stat_legends(table: list[dict[str, Any]]) -> list[str]:
     """The statistics' legend lines of ``table``: the method, and the ‡ of comparisons across computes."""
     if not has_stat_column(table):
         return []
-    flagged = [r for r in table if r.get("compute_differs")]
-    if not flagged:
+    if not any(r.get("compute_differs") for r in table):
         return [STAT_LEGEND]
     which = "; ".join(sorted(frozenset().union(*(r.get("_compute") or frozenset() for r in table))))
     return [STAT_LEGEND, COMPUTE_LEGEND.format(which=which)]

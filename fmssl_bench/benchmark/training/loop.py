@@ -30,7 +30,7 @@ from ...api import Batch, BatchProvider, StepOutput
 from ...errors import ConfigError, FmsslError
 from ..protocol import OPTIMIZERS, TrainConfig
 from ..records.store import atomic_torch_save, atomic_write_text
-from ..views import progress_bar, progress_line  # noqa: F401  (progress_line: for methods' long steps)
+from ..views import progress_bar
 from .augment import KNOWN_AUGMENTATIONS
 from .batches import stage_key
 
