@@ -469,3 +469,18 @@ def test_seeds_of_one_row_on_different_compute_are_marked(tmp_path):
                      provenance=cpu(threads))
     (mt,) = [r for r in aggregate(find_summaries(tmp_path)) if r["method"] == "mean_teacher"]
     assert mt["compute"] == "cpu, 1 thread + cpu, 2 threads" and mt["vs_supervised"].endswith(" ‡")
+
+
+def test_a_cpu_run_records_the_cpu_even_on_a_gpu_machine(monkeypatch):
+    """provenance's device is the run's device: a --device cpu run on a GPU machine computes in the
+    CPU's floating-point order, so its compute must not be the GPU's name."""
+    import torch
+
+    from fmssl_bench.benchmark.records import store
+    from fmssl_bench.benchmark.records.compute import current_compute
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: f"Some GPU {index}")
+    assert store.device_name("cpu").startswith("cpu (") and store.device_name(torch.device("cpu")).startswith("cpu (")
+    assert store.device_name("cuda:1") == "Some GPU 1" and store.device_name() == "Some GPU 0"
+    assert current_compute("cpu").startswith("cpu, ") and current_compute("cuda") == "Some GPU 0"

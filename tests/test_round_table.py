@@ -100,3 +100,23 @@ def test_a_summary_among_a_records_artifacts_is_neither_a_record_nor_exported(tm
     assert [s["method"] for s in find_summaries(tmp_path / "runs")] == ["ifdl"]
     (copied,) = export_records(tmp_path / "runs", tmp_path / "measured")
     assert sorted(p.name for p in copied.iterdir()) == ["provenance.json", "summary.json"]
+
+
+def test_leaderboard_rows_read_each_provenance_once_for_compute_and_rounds(tmp_path, monkeypatch):
+    """The leaderboard reads a record's provenance.json once; the round table of the HTML page uses
+    the rows' copies (same rows as reading the records again)."""
+    from fmssl_bench.benchmark.records import leaderboard, store
+    from fmssl_bench.benchmark.records.leaderboard import find_summaries
+    from fmssl_bench.benchmark.records.round_table import leaderboard_round_rows
+
+    write_record(tmp_path, "samdsk", 0, {**SAMDSK, "device": "cpu (2 cores)", "torch_threads": 1})
+    write_record(tmp_path, "samdsk", 1, SAMDSK)
+    found = find_summaries(tmp_path)
+    for s in found:
+        s.update({"row_key": "samdsk", "row_identity": {}, "classes": {"mean": {"dice": {"mean": 0.6, "std": 0.1, "n": 5}}}})
+    reads: list = []
+    real = store.read_provenance
+    monkeypatch.setattr(leaderboard, "read_provenance", lambda d: reads.append(d) or real(d))
+    table = leaderboard.aggregate(found)
+    assert len(reads) == 2 and table[0]["compute"] == "cpu, 1 thread"
+    assert leaderboard_round_rows(table) == round_rows(find_summaries(tmp_path))

@@ -26,7 +26,8 @@ from typing import Any, Callable, Sequence
 from ..errors import ConfigError, FmsslError, RecordBusy
 from .records.compute import current_compute, record_compute
 from .records.leaderboard import find_summaries, record_dir
-from .runner import Prepared, RunSpec, execute, prepare
+from .records.store import dataset_dir
+from .runner import Prepared, RunSpec, execute, prepare, resolve_device
 
 EXECUTORS = ("local", "ray")
 
@@ -96,7 +97,7 @@ def run_grid(specs: Sequence[RunSpec], executor: str = "local", address: str | N
     todo = [p for p in prepared if not p.record.complete]
     report(f"grid: {len(prepared)} records, {len(cells)} complete, {len(todo)} to run ({executor})")
     if executor == "local" and todo:
-        for line in compute_warnings(prepared, current_compute()):
+        for line in compute_warnings(prepared, current_compute(resolve_device(todo[0].spec.device))):  # one --device per grid
             report(line)
     if executor == "local":
         cells += _run_local(todo, report, len(cells), len(prepared))
@@ -115,8 +116,7 @@ def compute_warnings(prepared: Sequence[Prepared], here: str) -> list[str]:
     the leaderboard marks every Δ across computes (:mod:`.records.compute`); better to hear it before
     hours of runs than from a ‡ after them.
     """
-    # a record lives in <root>/<dataset>/<method>/labeled-<N>/seed<S>/<hash>: parents[3] is the data set's folder
-    settings = {(p.spec.dataset, p.directory.parents[3]) for p in prepared}
+    settings = {(p.spec.dataset, dataset_dir(p.record.results_root, p.spec.dataset)) for p in prepared}
     protocols = {p.protocol.name for p in prepared}
     other: dict[str, int] = {}
     for dataset, root in sorted(settings, key=str):

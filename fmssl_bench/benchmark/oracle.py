@@ -268,7 +268,7 @@ def run_oracle(generalist: str, dataset: str, data_root: str | Path | None = Non
         for case_id, pred, _, spacing in items:
             save_prediction(record.predictions_dir, case_id, pred, spacing, cls.ndim)
         provenance = {
-            **records.environment(),
+            **records.environment(fm.device),
             "segment_seconds": round(segment_seconds, 2),
             "score_seconds": round(score_seconds, 2),
             "eval_seconds": round(segment_seconds + score_seconds, 2),

@@ -360,7 +360,7 @@ def _train_and_evaluate(prep: Prepared, views: Views, device: torch.device, sett
     if paths.shared_fm_cache() is not None and ctx.generalists:  # where the embeddings were (not in the identity)
         fm_cache = {"shared": str(paths.shared_fm_cache())}
     provenance = {
-        **records.environment(),
+        **records.environment(device),
         **settings,
         "computed_by": {k: v for k, v in records.owner_info().items() if k in ("pid", "host")},
         "train_seconds": round(train_seconds, 2),

@@ -276,7 +276,7 @@ def evaluate_folder(folder: str | Path, dataset: str, name: str, data_root: str 
         for path in used:  # the record keeps the files it scored, so it can be re-scored like any run
             atomic_write_bytes(record.predictions_dir / path.name, path.read_bytes())
         write_per_case(record.path("per_case.csv"), rows)
-        provenance = {**environment(), "score_seconds": round(score_seconds, 2), "protocol_source": proto.source,
+        provenance = {**environment("cpu"), "score_seconds": round(score_seconds, 2), "protocol_source": proto.source,
                       "split_source": split.source, "predictions_folder": str(folder.resolve()),
                       "predictions_sha256": record.identity["predictions"], "prediction_files": len(used)}
         summary = summarise(rows, config, n_labeled=None, n_unlabeled=None, n_test=len(test_ids), oracle=False,

@@ -15,10 +15,14 @@ reported as a difference.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .store import read_provenance
+
+if TYPE_CHECKING:
+    import torch
 
 COMPUTE_LEGEND = ("‡ the two rows compared (or a row's own seeds) ran on different compute ({which}); runs are "
                   "reproducible only on the same compute (on a CPU: the same torch thread count), so this Δ "
@@ -38,30 +42,25 @@ def compute_of(provenance: Mapping[str, Any]) -> str | None:
     return f"cpu, {threads} thread{'s' * (threads != 1)}"
 
 
-def current_compute() -> str:
-    """The compute a record started in this process would record (the provenance of :func:`.store.environment`)."""
+def current_compute(device: str | torch.device | None = None) -> str:
+    """The compute a record started in this process on ``device`` would record (the provenance of
+    :func:`.store.environment`)."""
     import torch
 
     from .store import device_name
 
-    return compute_of({"device": device_name(), "torch_threads": torch.get_num_threads()}) or "unknown"
+    return compute_of({"device": device_name(device), "torch_threads": torch.get_num_threads()}) or "unknown"
 
 
 def record_compute(record_dir: Path | None) -> str | None:
     """:func:`compute_of` the ``provenance.json`` in ``record_dir`` (``None`` without a readable one)."""
-    path = Path(record_dir) / "provenance.json" if record_dir is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        provenance = json.loads(path.read_text())
-    except ValueError:
-        return None
-    return compute_of(provenance) if isinstance(provenance, Mapping) else None
+    provenance = read_provenance(record_dir)
+    return compute_of(provenance) if provenance is not None else None
 
 
-def row_compute(record_dirs: Iterable[Path | None]) -> frozenset[str]:
-    """The distinct computes of a row's records (records without provenance are left out)."""
-    return frozenset(c for c in map(record_compute, record_dirs) if c is not None)
+def row_compute(provenances: Iterable[Mapping[str, Any] | None]) -> frozenset[str]:
+    """The distinct computes of a row's records, from their provenance (records without one are left out)."""
+    return frozenset(c for c in (compute_of(p) for p in provenances if p is not None) if c is not None)
 
 
 def compute_text(computes: Iterable[str]) -> str:

