@@ -29,8 +29,9 @@ queue() {
     # issue 10: the classic baselines, 3 seeds at one budget (~5-12 min per record)
     baselines) grid --methods ua_mt,entropy_min,cct,ict,self_training,ups,dtc,ssnet,cps,bcp,acmt --datasets kvasir \
                  --budgets 5% --seeds 0,1,2 --protocol kvasir-cpu ;;
-    # issue 9: semisam_plus at both budgets (~1-2 h per record: two generalists' mask decoders run on 4
-    # unlabeled images every iteration, ~0.1-0.2 s per prompt; the image embeddings are cached)
+    # issue 9: semisam_plus at both budgets (two generalists' mask decoders run on 4 unlabeled images every
+    # iteration, ~0.14-0.23 s per prompt: ~45 min per record once the image embeddings are in FMSSL_FM_CACHE,
+    # ~2.3 h while they are still being computed)
     semisam_plus) grid --methods semisam_plus --datasets kvasir --budgets 5%,10% --seeds 0,1,2 --protocol kvasir-cpu ;;
     # issue 12: samdsk vs supervised at 10 % (the proposals of ~900 images, 10-17 s each, fill the cache once;
     # 85 % of that is SAM's mask decoder, once per grid point; two invocations split the images; then ~15 min per record)
