@@ -149,3 +149,10 @@ def test_page_in_headless_chromium(results, tmp_path):
     with Image.open(shot) as image:
         assert image.format == "PNG" and image.size == (1280, 1800)
         assert len(image.convert("L").getcolors(maxcolors=256)) > 20  # a rendered page, not a blank one
+
+
+def test_budget_curves_of_many_methods_stay_distinguishable():
+    from fmssl_bench.benchmark.records.html_page import line_style
+
+    styles = [line_style(i) for i in range(30)]
+    assert len(set(styles)) == 30 and styles[0] == ("C0", "o", "-") and styles[10][0] == "C0" != styles[10][1:]

@@ -210,23 +210,34 @@ def _budget_curves(rows: Table) -> str:
             lines.setdefault(_label(r, budget=False), []).append((r["n_labeled"], r["dice"], r["dice_std_seeds"]))
     if not lines:
         return "<p class='note'>No budget curve: no row has a labeled count.</p>"
-    fig = new_figure(7, 4)
+    fig = new_figure(9 if len(lines) > 1 else 7, 4)
     ax = fig.subplots()
     for i, (label, points) in enumerate(sorted(lines.items())):
         points.sort()
         x = [p[0] for p in points]
         y = [p[1] for p in points]
         std = [0.0 if math.isnan(p[2]) else p[2] for p in points]
-        ax.errorbar(x, y, yerr=std, fmt="o-", capsize=3, color=f"C{i % 10}", label=label)
-        ax.fill_between(x, [a - s for a, s in zip(y, std)], [a + s for a, s in zip(y, std)], color=f"C{i % 10}",
-                        alpha=0.2, linewidth=0)
+        colour, marker, line = line_style(i)
+        ax.errorbar(x, y, yerr=std, fmt=marker + line, capsize=3, color=colour, label=label)
+        ax.fill_between(x, [a - s for a, s in zip(y, std)], [a + s for a, s in zip(y, std)], color=colour,
+                        alpha=0.12, linewidth=0)
     budgets = sorted({p[0] for points in lines.values() for p in points})
     ax.set_xticks(budgets)
     ax.set_xlabel("labeled cases")
     ax.set_ylabel("Dice % (mean over seeds, band ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig.legend(loc="outside right upper", fontsize=8)  # beside the axes: inside, 18 methods hide the lines
     return _img(fig, "budget curves: Dice against the labeled count")
+
+
+MARKERS = "osD^v<>Ph*"
+LINES = ("-", "--", ":")
+
+
+def line_style(i: int) -> tuple[str, str, str]:
+    """Colour, marker and line style of the ``i``-th curve: ten colours, then a new marker and dash per
+    round of ten, so that no two of up to 30 methods look alike (a leaderboard has ~20)."""
+    return f"C{i % 10}", MARKERS[(i // 10) % len(MARKERS)], LINES[(i // 10) % len(LINES)]
 
 
 def _box_plots(rows: Table) -> str:
